@@ -1,0 +1,45 @@
+# Tandem: `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Built wheels (llama-cpp-python compiles from source, ~4.5 min on 2 cores) live
+# outside the checkout so that CI clones and later sessions reuse them.
+WHEELHOUSE ?= $(HOME)/.cache/tandem/wheels
+LLAMA_CPP_VERSION := 0.3.36
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CLOUD_PORT ?= 8001
+
+.PHONY: serve test venv models lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	mkdir -p $(WHEELHOUSE)
+	ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	  $(BIN)/python -m pip wheel --no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/python -m pip install -q --find-links $(WHEELHOUSE) -e '.[test]'
+	touch $(STAMP)
+
+models: venv
+	$(BIN)/tandem models pull qwen2.5-coder-0.5b-instruct
+	$(BIN)/tandem models pull qwen2.5-coder-1.5b-instruct
+
+# The gateway on $(PORT) with the embedded default config; its "cloud" is a second,
+# local-only Tandem process serving Qwen2.5-Coder-1.5B on $(CLOUD_PORT).
+serve: models
+	$(BIN)/tandem serve-stack --host $(HOST) --port $(PORT) --cloud-port $(CLOUD_PORT)
+
+test: venv
+	$(BIN)/python -m pytest -q -ra
+
+bench: venv
+	$(BIN)/python bench/local_stream.py
+	$(BIN)/python bench/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,92 @@
+"""The chat-client interface every backend implements, and the registry of backends.
+
+A request is the validated OpenAI chat body as a plain dict (the lingua franca of
+every OpenAI-compatible server); a response is the OpenAI completion dict, or an
+async iterator of chunk dicts. Backends translate with pure functions of their own.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+ChatBody = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared up front so unsupported requests fail clearly."""
+
+    tools: bool = False
+    json_schema: bool = True
+    logprobs: bool = True
+    local: bool = False  # runs on this machine (private data may go there)
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    detail: str
+
+
+class ChatClient(abc.ABC):
+    """One model the gateway can send chat requests to."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def start(self) -> None:
+        """Load or connect; called once at start-up, may run in the background."""
+
+    async def close(self) -> None:
+        """Release threads, sockets and memory."""
+
+    @abc.abstractmethod
+    async def readiness(self) -> Readiness:
+        """Whether the model can answer now (loaded, upstream reachable)."""
+
+    @abc.abstractmethod
+    async def chat(self, body: ChatBody) -> dict:
+        """A whole chat completion (``stream`` false)."""
+
+    @abc.abstractmethod
+    def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        """Chat completion chunks; errors before the first chunk raise from the first
+        ``__anext__`` so that a caller can still fall back to another model."""
+
+    def queue_depth(self) -> int:
+        """Requests waiting for this model (0 for remote backends)."""
+        return 0
+
+    def context_window(self) -> int | None:
+        return None
+
+
+ClientFactory = Callable[[str, Any], ChatClient]
+_BACKENDS: dict[str, ClientFactory] = {}
+
+
+def register_backend(kind: str) -> Callable[[ClientFactory], ClientFactory]:
+    """Class decorator: ``@register_backend("llama_cpp")``."""
+
+    def deco(factory: ClientFactory) -> ClientFactory:
+        _BACKENDS[kind] = factory
+        return factory
+
+    return deco
+
+
+def build_client(name: str, config: Any) -> ChatClient:
+    """Construct the client for one configured model (nothing is loaded yet)."""
+    # Import the built-in backends so that they register themselves.
+    from clients import openai_client  # noqa: F401
+    from clients.llama_cpp import client as _llama_cpp  # noqa: F401
+
+    try:
+        factory = _BACKENDS[config.backend]
+    except KeyError:
+        raise ValueError(f"models.{name}.backend: unknown backend '{config.backend}'") from None
+    return factory(name, config)

@@ -1,0 +1,1 @@
+"""In-process llama.cpp backend: prompt templating, the token loop, the chat client."""

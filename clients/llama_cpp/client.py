@@ -1,0 +1,351 @@
+"""A GGUF model run in-process by llama.cpp, as a chat client.
+
+One llama.cpp context belongs to one worker thread; requests wait their turn in that
+thread's FIFO queue (fair, never dropped; 429 only past ``server.max_queue``), and the
+event loop only ever awaits. A caller that goes away sets the cancel flag, which the
+token loop checks at every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable
+
+from clients.base import Capabilities, ChatBody, ChatClient, Readiness, register_backend
+from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
+from clients.llama_cpp.generation import Delta, Generation, SamplingParams
+from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
+
+def _grammar_for(response_format: dict | None):
+    """llama.cpp grammar constraining output to JSON (or to a JSON schema)."""
+    if not response_format or response_format.get("type", "text") == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+    import json
+
+    kind = response_format["type"]
+    try:
+        if kind == "json_object":
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as err:  # the converter raises plain Exceptions on unsupported schemas
+        raise InvalidRequest(
+            f"response_format: cannot turn this JSON schema into a grammar: {err}",
+            param="response_format",
+        ) from None
+
+
+class _Loaded:
+    """What exists once the model file is loaded (built in the worker thread)."""
+
+    def __init__(self, llm, formatter, tools_ok: bool, add_bos: bool) -> None:
+        self.llm = llm
+        self.formatter = formatter
+        self.tools_ok = tools_ok
+        self.add_bos = add_bos
+
+
+@register_backend("llama_cpp")
+class LlamaCppClient(ChatClient):
+    capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=True)
+
+    def __init__(self, name: str, config) -> None:
+        super().__init__(name)
+        self.config = config
+        self.max_queue = config.max_queue
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
+        self._model: _Loaded | None = None
+        self._load_error: str | None = None
+        self._load_future: asyncio.Future | None = None
+        self._waiting = 0
+        self._count_lock = threading.Lock()
+        self.model_path: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _load(self) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from clients.model_store import resolve
+
+        cfg = self.config
+        self.model_path = str(resolve(cfg.model))
+        llm = Llama(
+            model_path=self.model_path,
+            n_ctx=cfg.n_ctx,
+            n_threads=cfg.n_threads,
+            n_batch=cfg.n_batch,
+            seed=cfg.seed,
+            verbose=False,
+        )
+        template = cfg.chat_template or llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise RuntimeError(f"{self.model_path} has no chat template; set chat_template")
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        )
+        self._model = _Loaded(llm, formatter, template_supports_tools(template), add_bos=False)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._load_future = loop.run_in_executor(self._executor, self._load_guarded)
+
+    def _load_guarded(self) -> None:
+        try:
+            self._load()
+        except Exception as err:  # reported through readiness and every request
+            self._load_error = f"local model '{self.name}' failed to load: {err}"
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def readiness(self) -> Readiness:
+        if self._model is not None:
+            return Readiness(True, f"loaded {self.model_path}")
+        if self._load_error:
+            return Readiness(False, self._load_error)
+        return Readiness(False, "loading")
+
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    def context_window(self) -> int | None:
+        return self.config.n_ctx
+
+    # -- translation (runs in the worker: it tokenizes) ----------------------------------
+    def _prepare(self, body: ChatBody) -> tuple[list[int], SamplingParams, bool]:
+        m = self._model
+        assert m is not None
+        tools = body.get("tools")
+        choice = body.get("tool_choice")
+        use_tools = bool(tools) and choice != "none"
+        if use_tools:
+            if not m.tools_ok:
+                raise InvalidRequest(
+                    f"model '{self.name}' has no tool-calling chat template; "
+                    "send tools to a cloud model", param="tools",
+                )
+            if choice not in (None, "auto"):
+                raise InvalidRequest(
+                    f"tool_choice {choice!r} is not supported by local model '{self.name}' "
+                    "(only 'auto' and 'none')", param="tool_choice",
+                )
+        try:
+            rendered = m.formatter(
+                messages=template_messages(body["messages"]), tools=tools if use_tools else None
+            )
+        except InvalidRequest:
+            raise
+        except Exception as err:  # template errors (e.g. roles must alternate)
+            raise InvalidRequest(f"messages cannot be rendered by the chat template: {err}",
+                                 param="messages") from None
+        prompt = m.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=m.add_bos, special=True)
+        n_ctx = self.config.n_ctx
+        wanted = body.get("max_completion_tokens") or body.get("max_tokens")
+        if len(prompt) >= n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, your "
+                f"messages resulted in {len(prompt)} tokens."
+            )
+        if wanted is not None and len(prompt) + wanted > n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                f"{len(prompt) + wanted} tokens ({len(prompt)} in the messages, {wanted} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+        stop = body.get("stop") or []
+        bias = body.get("logit_bias")
+        params = SamplingParams(
+            max_tokens=wanted if wanted is not None else n_ctx - len(prompt),
+            temperature=body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0,
+            top_p=body.get("top_p") if body.get("top_p") is not None else 1.0,
+            top_k=body.get("top_k") or 0,
+            min_p=body.get("min_p") or 0.0,
+            presence_penalty=body.get("presence_penalty") or 0.0,
+            frequency_penalty=body.get("frequency_penalty") or 0.0,
+            repeat_penalty=body.get("repetition_penalty") or 1.0,
+            seed=body.get("seed"),
+            stop=[stop] if isinstance(stop, str) else list(stop),
+            logprobs=bool(body.get("logprobs")),
+            top_logprobs=body.get("top_logprobs") or 0,
+            logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None,
+            grammar=_grammar_for(body.get("response_format")),
+        )
+        return prompt, params, use_tools
+
+    # -- the worker-thread side -----------------------------------------------------------
+    def _generate(self, body: ChatBody, cancel: threading.Event, emit: Callable[[Any], None]):
+        """Run all ``n`` choices one after another, emitting (index, Delta | finish)."""
+        if self._model is None:
+            raise UpstreamError(self._load_error or f"local model '{self.name}' is not loaded",
+                                status=503)
+        prompt, params, use_tools = self._prepare(body)
+        n = body.get("n") or 1
+        completion_tokens = 0
+        for index in range(n):
+            if n > 1 and params.seed is not None:
+                params.seed = params.seed + index
+            if params.grammar is not None and index > 0:
+                params.grammar = _grammar_for(body.get("response_format"))
+            gen = Generation(self._model.llm, prompt, params, cancel)
+            for delta in gen:
+                emit(("delta", index, delta))
+            completion_tokens += gen.completion_tokens
+            if gen.finish_reason == "cancelled":
+                return
+            emit(("finish", index, gen.finish_reason))
+        emit(("usage", len(prompt), completion_tokens))
+        return use_tools
+
+    async def _run(self, body: ChatBody) -> AsyncIterator[tuple]:
+        """Queue a generation on the worker and relay its events to the event loop."""
+        if self._waiting >= self.max_queue:
+            raise Overloaded(
+                f"local model '{self.name}' has {self._waiting} requests waiting; retry later",
+                headers={"retry-after": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        done = object()
+
+        def emit(event: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # loop closed: the caller is long gone
+                cancel.set()
+
+        def work() -> None:
+            with self._count_lock:
+                self._waiting -= 1
+            try:
+                if cancel.is_set():
+                    return
+                use_tools = self._generate(body, cancel, emit)
+                emit(("tools", use_tools))
+            except BaseException as err:  # delivered to the awaiting coroutine
+                emit(("error", err))
+            finally:
+                emit(done)
+
+        with self._count_lock:
+            self._waiting += 1
+        loop.run_in_executor(self._executor, work)
+        try:
+            while True:
+                event = await events.get()
+                if event is done:
+                    return
+                if event[0] == "error":
+                    raise event[1]
+                yield event
+        finally:
+            cancel.set()
+
+    # -- OpenAI shapes --------------------------------------------------------------------
+    async def chat(self, body: ChatBody) -> dict:
+        n = body.get("n") or 1
+        texts = [[] for _ in range(n)]
+        logprobs: list[list[dict]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        use_tools = False
+        async for event in self._run(body):
+            kind = event[0]
+            if kind == "delta":
+                _, i, delta = event
+                texts[i].append(delta.text)
+                logprobs[i].extend(delta.logprobs)
+            elif kind == "finish":
+                finish[event[1]] = event[2]
+            elif kind == "usage":
+                usage = _usage(event[1], event[2])
+            elif kind == "tools":
+                use_tools = bool(event[1])
+        choices = []
+        for i in range(n):
+            text = "".join(texts[i])
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            reason = finish[i]
+            if use_tools:
+                content, calls = parse_tool_calls(text)
+                if calls:
+                    message = {"role": "assistant", "content": content, "tool_calls": calls}
+                    reason = "tool_calls"
+            choices.append({
+                "index": i,
+                "message": message,
+                "logprobs": {"content": logprobs[i]} if body.get("logprobs") else None,
+                "finish_reason": reason,
+            })
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": choices,
+            "usage": usage,
+        }
+
+    async def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        want_lp = bool(body.get("logprobs"))
+        tools_active = bool(body.get("tools")) and body.get("tool_choice") != "none"
+        held: dict[int, list[str]] = {}
+        began: set[int] = set()
+
+        def chunk(index: int, delta: dict, finish: str | None = None, lp=None) -> dict:
+            return {
+                "id": cid, "object": "chat.completion.chunk", "created": created,
+                "model": self.name,
+                "choices": [{"index": index, "delta": delta,
+                             "logprobs": {"content": lp} if want_lp and lp is not None else None,
+                             "finish_reason": finish}],
+            }
+
+        async for event in self._run(body):
+            kind = event[0]
+            if kind == "delta":
+                _, i, delta = event
+                if i not in began:
+                    began.add(i)
+                    yield chunk(i, {"role": "assistant", "content": ""})
+                if tools_active:  # tool calls are parsed from the whole answer
+                    held.setdefault(i, []).append(delta.text)
+                    continue
+                yield chunk(i, {"content": delta.text}, lp=delta.logprobs)
+            elif kind == "finish":
+                _, i, reason = event
+                if i not in began:
+                    began.add(i)
+                    yield chunk(i, {"role": "assistant", "content": ""})
+                if tools_active:
+                    content, calls = parse_tool_calls("".join(held.get(i, [])))
+                    if calls:
+                        if content:
+                            yield chunk(i, {"content": content})
+                        yield chunk(i, {"tool_calls": [
+                            {"index": k, **call} for k, call in enumerate(calls)
+                        ]})
+                        reason = "tool_calls"
+                    elif content:
+                        yield chunk(i, {"content": content})
+                yield chunk(i, {}, reason)
+            elif kind == "usage":
+                yield {
+                    "id": cid, "object": "chat.completion.chunk", "created": created,
+                    "model": self.name, "choices": [], "usage": _usage(event[1], event[2]),
+                }
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}

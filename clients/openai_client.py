@@ -1,0 +1,229 @@
+"""Any OpenAI-compatible HTTP server as a chat client (vLLM, OpenAI, llama.cpp's server).
+
+One pooled ``httpx.AsyncClient`` per upstream. Connect errors, 429 and 5xx are retried
+with exponential backoff and jitter, but only before the first byte of the answer:
+after that a retry would show the caller text twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from clients.base import Capabilities, ChatBody, ChatClient, Readiness, register_backend
+from clients.errors import InvalidRequest, UpstreamError
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 8.0
+READINESS_TTL_S = 5.0
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port only: never echo credentials or query strings in messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _upstream_message(payload: bytes) -> tuple[str, str | None]:
+    """The message and code of an upstream error body, whatever its shape."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload[:300].decode("utf-8", "replace").strip() or "(empty body)", None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message", err))[:1000], err.get("code")
+    if isinstance(err, str):
+        return err[:1000], None
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])[:1000], None
+    return payload[:300].decode("utf-8", "replace"), None
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+@register_backend("openai")
+class OpenAIClient(ChatClient):
+    capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=False)
+
+    def __init__(self, name: str, config) -> None:
+        super().__init__(name)
+        self.config = config
+        self.origin = _origin(config.base_url)
+        self._http: httpx.AsyncClient | None = None
+        self._ready_cache: tuple[float, Readiness] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        headers = {"content-type": "application/json"}
+        key = cfg.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self._http = httpx.AsyncClient(
+            base_url=cfg.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(cfg.read_timeout_s, connect=cfg.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise UpstreamError(f"upstream '{self.name}' is not started", status=503)
+        return self._http
+
+    def context_window(self) -> int | None:
+        return self.config.n_ctx
+
+    async def readiness(self) -> Readiness:
+        now = time.monotonic()
+        if self._ready_cache and now - self._ready_cache[0] < READINESS_TTL_S:
+            return self._ready_cache[1]
+        try:
+            resp = await self.http.get("models", timeout=2.0)
+            state = Readiness(resp.status_code == 200, f"{self.origin}: HTTP {resp.status_code}")
+        except httpx.HTTPError as err:
+            state = Readiness(False, f"{self.origin}: {type(err).__name__}")
+        self._ready_cache = (now, state)
+        return state
+
+    # -- requests ------------------------------------------------------------------------
+    def _payload(self, body: ChatBody) -> bytes:
+        return orjson.dumps({**body, "model": self.config.model})
+
+    def _error_for_status(self, status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+        message, code = _upstream_message(content)
+        where = f"upstream '{self.name}' ({self.origin})"
+        if status in (400, 413, 422):
+            # The caller's request was refused upstream: their problem, shown as theirs.
+            err = InvalidRequest(f"{where} rejected the request: {message}", code=code)
+            raise err
+        if status == 429:
+            ra = _retry_after(headers)
+            return UpstreamError(
+                f"{where} is rate limiting: {message}", status=429, code="rate_limit_exceeded",
+                type="rate_limit_error",
+                headers={"retry-after": str(int(ra or 1))},
+            )
+        if status in (401, 403):
+            return UpstreamError(f"{where} refused the gateway's credentials (HTTP {status})")
+        if status == 404:
+            return UpstreamError(f"{where} answered 404: {message}")
+        if status == 504 or status == 408:
+            return UpstreamError(f"{where} timed out (HTTP {status}): {message}", status=504)
+        return UpstreamError(f"{where} failed with HTTP {status}: {message}", status=502)
+
+    def _transport_error(self, err: httpx.HTTPError) -> UpstreamError:
+        where = f"upstream '{self.name}' ({self.origin})"
+        if isinstance(err, httpx.TimeoutException):
+            kind = "connect" if isinstance(err, httpx.ConnectTimeout) else "read"
+            return UpstreamError(f"{where} timed out ({kind})", status=504, code="upstream_timeout")
+        if isinstance(err, httpx.ConnectError):
+            return UpstreamError(f"{where} is unreachable", status=503, code="upstream_unavailable")
+        return UpstreamError(f"{where}: {type(err).__name__}", status=502)
+
+    async def _backoff(self, attempt: int, retry_after: float | None) -> bool:
+        """Sleep before attempt ``attempt + 1``; False when no retry is left or worth it."""
+        if attempt >= self.config.max_retries:
+            return False
+        if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
+            return False
+        delay = retry_after if retry_after is not None else 0.1 * (2**attempt)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        return True
+
+    async def _send(self, body: ChatBody, stream: bool) -> httpx.Response:
+        """POST until a 2xx response head arrives, retrying what is safe to retry."""
+        request = self.http.build_request("POST", "chat/completions", content=self._payload(body))
+        attempt = 0
+        while True:
+            try:
+                resp = await self.http.send(request, stream=stream)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+                if await self._backoff(attempt, None):
+                    attempt += 1
+                    continue
+                raise self._transport_error(err) from None
+            except httpx.HTTPError as err:
+                raise self._transport_error(err) from None
+            if resp.status_code < 300:
+                return resp
+            content = await resp.aread()
+            await resp.aclose()
+            error = self._error_for_status(resp.status_code, content, resp.headers)
+            if resp.status_code in RETRY_STATUSES and await self._backoff(
+                attempt, _retry_after(resp.headers)
+            ):
+                attempt += 1
+                continue
+            raise error
+
+    async def chat(self, body: ChatBody) -> dict:
+        resp = await self._send(body, stream=False)
+        try:
+            content = await resp.aread()
+        except httpx.HTTPError as err:
+            raise self._transport_error(err) from None
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent invalid JSON") from None
+        if not isinstance(data, dict) or "choices" not in data:
+            raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent no choices")
+        return data
+
+    async def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        resp = await self._send(body, stream=True)
+        started = False
+        where = f"upstream '{self.name}' ({self.origin})"
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # comments, event names, blank separators
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(
+                        f"{where} sent a malformed stream event", started=started
+                    ) from None
+                if not isinstance(chunk, dict):
+                    raise UpstreamError(f"{where} sent a malformed stream event", started=started)
+                if "error" in chunk:
+                    message, code = _upstream_message(data.encode())
+                    raise UpstreamError(f"{where} failed mid-stream: {message}", started=started,
+                                        code=code)
+                started = True
+                yield chunk
+        except httpx.HTTPError as err:
+            error = self._transport_error(err)
+            error.started = started
+            raise error from None
+        finally:
+            await resp.aclose()
+        raise UpstreamError(f"{where} ended the stream without [DONE]", started=started)

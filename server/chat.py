@@ -1,0 +1,132 @@
+"""POST /v1/chat/completions: validate, decide, walk the fallback chain, answer or stream.
+
+A model in the chain that fails before its first byte hands over to the next one;
+``x-tandem-route`` names the model that answered and ``x-tandem-reason`` why (including
+the failures that were skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from clients.base import ChatClient
+from clients.errors import InvalidRequest, TandemError, UpstreamError
+from routers.policy import Decision, Policy
+from server.schemas import validate_chat_request
+
+log = logging.getLogger("tandem.chat")
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(obj: dict) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _headers(route: str, reason: str) -> dict[str, str]:
+    # Header values must be latin-1; reasons may quote model names, keep them ASCII.
+    return {"x-tandem-route": route,
+            "x-tandem-reason": reason.encode("ascii", "replace").decode()[:500]}
+
+
+class ChatService:
+    """Owns the policy and the clients; one instance per app."""
+
+    def __init__(self, policy: Policy, clients: dict[str, ChatClient]) -> None:
+        self.policy = policy
+        self.clients = clients
+
+    async def handle(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
+        validated = validate_chat_request(body)
+        decision = self.policy.decide(validated.model, body)
+        self._check_capabilities(decision, body)
+        if validated.stream:
+            include_usage = bool(validated.stream_options and validated.stream_options.include_usage)
+            return await self._stream(decision, body, include_usage)
+        return await self._complete(decision, body)
+
+    def _check_capabilities(self, decision: Decision, body: dict) -> None:
+        first = self.clients[decision.model]
+        if body.get("tools") and not first.capabilities.tools:
+            raise InvalidRequest(f"model '{first.name}' does not support tools", param="tools")
+
+    def _skip_reason(self, reason: str, model: str, err: UpstreamError) -> str:
+        return f"{reason}; fallback after '{model}' failed ({err.status})"
+
+    async def _complete(self, decision: Decision, body: dict) -> Response:
+        reason = decision.reason
+        for i, name in enumerate(decision.chain):
+            try:
+                result = await self.clients[name].chat(body)
+            except UpstreamError as err:
+                if err.retryable and i + 1 < len(decision.chain):
+                    log.warning("model %s failed before first byte: %s", name, err.message)
+                    reason = self._skip_reason(reason, name, err)
+                    continue
+                raise
+            result["model"] = name
+            return Response(orjson.dumps(result), media_type="application/json",
+                            headers=_headers(name, reason))
+        raise AssertionError("empty chain")  # Decision always has one model
+
+    async def _stream(self, decision: Decision, body: dict, include_usage: bool) -> Response:
+        reason = decision.reason
+        for i, name in enumerate(decision.chain):
+            chunks = self.clients[name].chat_stream(body)
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except UpstreamError as err:
+                await chunks.aclose()
+                if err.retryable and not err.started and i + 1 < len(decision.chain):
+                    log.warning("model %s failed before first byte: %s", name, err.message)
+                    reason = self._skip_reason(reason, name, err)
+                    continue
+                raise
+            except BaseException:
+                await chunks.aclose()
+                raise
+            events = self._sse(name, first, chunks, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={**SSE_HEADERS, **_headers(name, reason)})
+        raise AssertionError("empty chain")
+
+    async def _sse(self, name: str, first: dict | None, chunks: AsyncIterator[dict],
+                   include_usage: bool) -> AsyncIterator[bytes]:
+        try:
+            chunk = first
+            while chunk is not None:
+                usage_only = not chunk.get("choices")
+                if usage_only and not include_usage:
+                    pass
+                else:
+                    chunk["model"] = name
+                    if include_usage:
+                        chunk.setdefault("usage", None)
+                    elif "usage" in chunk:
+                        chunk.pop("usage")
+                    yield sse_event(chunk)
+                chunk = await anext(chunks, None)
+            yield DONE
+        except TandemError as err:
+            # Status is already sent: report in-band, then end the stream without [DONE].
+            log.warning("stream from %s failed: %s", name, err.message)
+            yield sse_event(err.body())
+        except Exception as err:  # never a stack trace on the wire
+            log.exception("stream from %s failed", name)
+            yield sse_event({"error": {"message": f"stream failed ({type(err).__name__})",
+                                       "type": "server_error", "param": None, "code": None}})
+        finally:
+            await chunks.aclose()

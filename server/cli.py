@@ -1,0 +1,153 @@
+"""The ``tandem`` command line: serve, serve-stack, config check, models pull/list."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from server.config import ConfigError, embedded_config_path, load_config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    config = load_config(args.config)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    config.server.host, config.server.port = host, port
+    app = create_app(config)
+    print(f"tandem: serving {', '.join(config.models)} on http://{host}:{port}/v1",
+          file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _serve_stack(args: argparse.Namespace) -> int:
+    """The embedded default: a cloud stand-in process, then the gateway in front of it."""
+    cloud_cmd = [sys.executable, "-m", "server.cli", "serve",
+                 "--config", str(embedded_config_path("cloud_standin")),
+                 "--host", "127.0.0.1", "--port", str(args.cloud_port),
+                 "--log-level", args.log_level]
+    env = {**os.environ}
+    cloud = subprocess.Popen(cloud_cmd, env=env)
+    try:
+        print(f"tandem: cloud stand-in (Qwen2.5-Coder-1.5B) starting on port {args.cloud_port}",
+              file=sys.stderr)
+        if not _wait_ready(f"http://127.0.0.1:{args.cloud_port}/ready", cloud, 600):
+            print("tandem: the cloud stand-in did not become ready; the gateway starts anyway "
+                  "and falls back to the local model", file=sys.stderr)
+        config = load_config(args.config)
+        if args.config is None:
+            config.models["cloud"].base_url = f"http://127.0.0.1:{args.cloud_port}/v1"
+        from server.app import create_app
+        import uvicorn
+
+        app = create_app(config)
+        print(f"tandem: gateway on http://{args.host}:{args.port}/v1 "
+              f"(models: tandem, {', '.join(config.models)})", file=sys.stderr)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=False, timeout_graceful_shutdown=5)
+    finally:
+        cloud.send_signal(signal.SIGTERM)
+        try:
+            cloud.wait(10)
+        except subprocess.TimeoutExpired:
+            cloud.kill()
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: OK ({len(config.models)} models: {', '.join(config.models)}; "
+          f"default {config.routing.default})")
+    return 0
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from clients.model_store import resolve
+
+    for name in args.names:
+        print(resolve(name))
+    return 0
+
+
+def _models_list(_: argparse.Namespace) -> int:
+    from clients.model_store import CATALOG, cache_dir
+
+    for name, model in sorted(CATALOG.items()):
+        present = (cache_dir() / model.filename).is_file()
+        print(f"{name:32s} {model.size / 1e6:8.0f} MB  {'cached' if present else '-'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tandem", description="SLM-LLM collaboration gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML configuration (default: the embedded one)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=_serve)
+
+    stack = sub.add_parser("serve-stack", help="gateway + local cloud stand-in (make serve)")
+    stack.add_argument("--config")
+    stack.add_argument("--host", default="127.0.0.1")
+    stack.add_argument("--port", type=int, default=8000)
+    stack.add_argument("--cloud-port", type=int, default=8001)
+    stack.add_argument("--log-level", default="info")
+    stack.set_defaults(func=_serve_stack)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(func=_config_check)
+
+    models = sub.add_parser("models", help="model files")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="fetch and verify models")
+    pull.add_argument("names", nargs="+")
+    pull.set_defaults(func=_models_pull)
+    lst = models_sub.add_parser("list", help="the catalog and what is cached")
+    lst.set_defaults(func=_models_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from clients.model_store import ModelFetchError
+
+    try:
+        return args.func(args)
+    except (ConfigError, ModelFetchError) as err:
+        print(f"tandem: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

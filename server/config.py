@@ -1,0 +1,151 @@
+"""Typed gateway configuration: one YAML file, validated by pydantic at start-up.
+
+A bad file fails before the server binds a port, with the key path and the reason
+(``models.cloud.base_url: field required``), never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RESERVED_NAMES = frozenset({"tandem"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LlamaCppModelConfig(_Strict):
+    """A GGUF model run in-process by llama.cpp."""
+
+    backend: Literal["llama_cpp"]
+    model: str = Field(description="catalog name, path to a .gguf file, or hf:owner/repo/file.gguf")
+    n_ctx: int = Field(4096, ge=256, le=1_048_576)
+    n_threads: int | None = Field(None, ge=1)
+    n_batch: int = Field(512, ge=1)
+    seed: int = 0
+    chat_template: str | None = Field(None, description="Jinja template overriding the GGUF's")
+    max_queue: int = Field(256, ge=1, description="requests allowed to wait; more get 429")
+
+
+class OpenAIModelConfig(_Strict):
+    """Any OpenAI-compatible HTTP server: vLLM, OpenAI, llama.cpp's server, another Tandem."""
+
+    backend: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://")
+    model: str = Field(description="model name sent upstream")
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    max_connections: int = Field(256, ge=1)
+    n_ctx: int | None = Field(None, ge=1, description="context window, when known")
+
+    def api_key(self) -> str | None:
+        """The key, read from the environment at call time (never stored in the config)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+ModelConfig = Annotated[
+    Union[LlamaCppModelConfig, OpenAIModelConfig], Field(discriminator="backend")
+]
+
+
+class RoutingConfig(_Strict):
+    """Which model answers when the caller asks for ``tandem``, and where to go on failure."""
+
+    default: str = Field(description="model that answers requests for 'tandem'")
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="ordered chain: when a model in it fails before its first byte, "
+        "the models after it are tried in order",
+    )
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="extra names for configured models, e.g. local: qwen"
+    )
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    models: dict[str, ModelConfig]
+    routing: RoutingConfig
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> "GatewayConfig":
+        if not self.models:
+            raise ValueError("models: at least one model is required")
+        for name in self.models:
+            if name in RESERVED_NAMES or name.startswith("router-"):
+                raise ValueError(f"models.{name}: the name is reserved for routing")
+        known = set(self.models)
+        if self.routing.default not in known:
+            raise ValueError(
+                f"routing.default: '{self.routing.default}' is not a configured model "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        for alias, target in self.routing.aliases.items():
+            if target not in known:
+                raise ValueError(f"routing.aliases.{alias}: '{target}' is not a configured model")
+            if alias in RESERVED_NAMES or alias.startswith("router-"):
+                raise ValueError(f"routing.aliases.{alias}: the name is reserved for routing")
+        for i, name in enumerate(self.routing.fallback):
+            if name not in known:
+                raise ValueError(f"routing.fallback[{i}]: '{name}' is not a configured model")
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the key and the reason."""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        # Discriminated unions add the tag to the path (models.cloud.openai.base_url).
+        lines.append(f"  {path or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "<config>") -> GatewayConfig:
+    """Validate already-parsed YAML/JSON data."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None) -> GatewayConfig:
+    """Load a YAML file, or the embedded default when ``path`` is None."""
+    if path is None:
+        text = resources.files("server").joinpath("configs/default.yaml").read_text()
+        source = "embedded default"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such configuration file")
+        text, source = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    return parse_config(data, source)
+
+
+def embedded_config_path(name: str) -> Path:
+    """Path of one of the configurations shipped inside the package."""
+    return Path(str(resources.files("server").joinpath(f"configs/{name}.yaml")))

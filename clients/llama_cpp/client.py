@@ -9,6 +9,7 @@ token loop checks at every token.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -78,7 +79,8 @@ class LlamaCppClient(ChatClient):
         llm = Llama(
             model_path=self.model_path,
             n_ctx=cfg.n_ctx,
-            n_threads=cfg.n_threads,
+            n_threads=cfg.n_threads or os.cpu_count(),
+            n_threads_batch=cfg.n_threads or os.cpu_count(),
             n_batch=cfg.n_batch,
             seed=cfg.seed,
             verbose=False,
@@ -276,7 +278,7 @@ class LlamaCppClient(ChatClient):
             message: dict[str, Any] = {"role": "assistant", "content": text}
             reason = finish[i]
             if use_tools:
-                content, calls = parse_tool_calls(text)
+                content, calls = parse_tool_calls(text, _tool_names(body))
                 if calls:
                     message = {"role": "assistant", "content": content, "tool_calls": calls}
                     reason = "tool_calls"
@@ -328,7 +330,7 @@ class LlamaCppClient(ChatClient):
                     began.add(i)
                     yield chunk(i, {"role": "assistant", "content": ""})
                 if tools_active:
-                    content, calls = parse_tool_calls("".join(held.get(i, [])))
+                    content, calls = parse_tool_calls("".join(held.get(i, [])), _tool_names(body))
                     if calls:
                         if content:
                             yield chunk(i, {"content": content})
@@ -344,6 +346,10 @@ class LlamaCppClient(ChatClient):
                     "id": cid, "object": "chat.completion.chunk", "created": created,
                     "model": self.name, "choices": [], "usage": _usage(event[1], event[2]),
                 }
+
+
+def _tool_names(body: ChatBody) -> set[str]:
+    return {t["function"]["name"] for t in body.get("tools") or []}
 
 
 def _usage(prompt: int, completion: int) -> dict:

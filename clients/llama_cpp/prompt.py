@@ -15,6 +15,7 @@ from typing import Any
 from clients.errors import InvalidRequest
 
 TOOL_CALL_OPEN = "<tool_call>"
+_FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 _TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -74,29 +75,45 @@ def template_supports_tools(template: str | None) -> bool:
     return bool(template) and TOOL_CALL_OPEN in template and "tools" in template
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
-    """Split a Hermes-style answer into (content before the calls, OpenAI tool_calls)."""
+def _openai_call(obj: object, tool_names: set[str]) -> dict | None:
+    if not isinstance(obj, dict) or obj.get("name") not in tool_names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {
+            "name": str(obj["name"]),
+            "arguments": args if isinstance(args, str) else json.dumps(args),
+        },
+    }
+
+
+def parse_tool_calls(text: str, tool_names: set[str]) -> tuple[str | None, list[dict]]:
+    """Split an answer into (content before the calls, OpenAI tool_calls).
+
+    Hermes ``<tool_call>`` blocks first; small models often answer with the bare call
+    object instead (optionally in a json code fence), accepted when it names a tool that
+    was offered. Anything else is plain content, returned unchanged.
+    """
     start = text.find(TOOL_CALL_OPEN)
     if start < 0:
-        return text, []
-    calls = []
-    for raw in _TOOL_CALL_RE.findall(text[start:]):
+        fenced = _FENCE_RE.fullmatch(text.strip())
+        raw = fenced.group(1) if fenced else text.strip()
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError:
-            return text, []  # not a well-formed call: give the text back unchanged
-        if not isinstance(obj, dict) or "name" not in obj:
             return text, []
-        args = obj.get("arguments", obj.get("parameters", {}))
-        calls.append(
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": str(obj["name"]),
-                    "arguments": args if isinstance(args, str) else json.dumps(args),
-                },
-            }
-        )
-    content = text[:start].strip() or None
-    return content, calls
+        objs = obj if isinstance(obj, list) else [obj]
+        calls = [_openai_call(o, tool_names) for o in objs]
+        return (None, calls) if calls and all(calls) else (text, [])
+    calls = []
+    for raw in _TOOL_CALL_RE.findall(text[start:]):
+        try:
+            call = _openai_call(json.loads(raw), tool_names)
+        except json.JSONDecodeError:
+            call = None
+        if call is None:
+            return text, []  # not a well-formed call: give the text back unchanged
+        calls.append(call)
+    return text[:start].strip() or None, calls

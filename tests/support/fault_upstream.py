@@ -1,0 +1,101 @@
+"""A programmable OpenAI-compatible upstream, only for faults a real server cannot make
+on demand: 5xx, 429, a slow first byte, a cut stream, malformed events.
+
+Tests queue behaviours with ``script(...)``; each chat request takes the next one
+(``ok`` when the queue is empty) and is recorded with its headers and body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.support.servers import free_port
+
+
+def _completion(text: str) -> dict:
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": "fault", "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+def _chunk(delta: dict, finish: str | None = None) -> bytes:
+    obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+           "model": "fault", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+class FaultUpstream:
+    def __init__(self) -> None:
+        self.behaviours: deque[dict] = deque()
+        self.requests: list[dict] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        app = Starlette(routes=[
+            Route("/v1/models", self._models),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+        ])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                     log_level="error", lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> "FaultUpstream":
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+    def script(self, *behaviours: dict) -> None:
+        self.behaviours.clear()
+        self.behaviours.extend(behaviours)
+        self.requests.clear()
+
+    async def _models(self, _: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fault", "object": "model"}]})
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        b = self.behaviours.popleft() if self.behaviours else {"kind": "ok"}
+        kind = b["kind"]
+        if kind == "status":
+            headers = {"retry-after": str(b["retry_after"])} if "retry_after" in b else None
+            return JSONResponse({"error": {"message": b.get("message", "injected failure"),
+                                           "type": "server_error"}},
+                                status_code=b["status"], headers=headers)
+        if kind == "slow":
+            await asyncio.sleep(b["seconds"])
+        stream = body.get("stream")
+        if kind in ("ok", "slow") and not stream:
+            return JSONResponse(_completion(b.get("text", "fine")))
+
+        async def events():
+            yield _chunk({"role": "assistant", "content": ""})
+            yield _chunk({"content": "partial "})
+            if kind == "cut":
+                raise ConnectionResetError("injected: connection cut mid-stream")
+            if kind == "malformed":
+                yield b"data: {not json\n\n"
+                return
+            if kind == "error_event":
+                yield b'data: {"error": {"message": "injected mid-stream error"}}\n\n'
+                return
+            yield _chunk({"content": b.get("text", "answer")})
+            yield _chunk({}, "stop")
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,0 +1,109 @@
+"""Pure pieces, no servers: config errors, policy, stop handling, tool-call parsing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clients.errors import ModelNotFound
+from clients.llama_cpp.generation import StopBuffer
+from clients.llama_cpp.prompt import parse_tool_calls, template_messages
+from routers.base import ROUTERS
+from routers.policy import Policy
+from server.config import ConfigError, load_config, parse_config
+
+BASE = {
+    "models": {"local": {"backend": "llama_cpp", "model": "x.gguf"},
+               "cloud": {"backend": "openai", "base_url": "http://h/v1", "model": "m"}},
+    "routing": {"default": "local", "fallback": ["cloud", "local"]},
+}
+
+
+def test_embedded_default_config_is_valid():
+    config = load_config(None)
+    assert set(config.models) == {"local", "cloud"}
+    assert config.routing.default == "local"
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda c: c["models"]["cloud"].pop("base_url"), "models.cloud.openai.base_url"),
+    (lambda c: c["models"]["local"].update(n_ctx="big"), "models.local.llama_cpp.n_ctx"),
+    (lambda c: c["models"]["local"].update(backend="tpu"), "models.local"),
+    (lambda c: c["routing"].update(default="nope"), "routing.default"),
+    (lambda c: c["routing"].update(fallback=["cloud", "ghost"]), "routing.fallback[1]"),
+    (lambda c: c.update(extra_key=1), "extra_key"),
+    (lambda c: c["models"].update(tandem=c["models"]["local"]), "reserved"),
+])
+def test_bad_config_names_the_key(mutate, expected):
+    data = json.loads(json.dumps(BASE))
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "test.yaml")
+    assert expected in str(info.value)
+
+
+def test_config_check_cli(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {local: {backend: llama_cpp}}\nrouting: {default: local}\n")
+    r = subprocess.run([sys.executable, "-m", "server.cli", "config", "check", str(bad)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "models.local.llama_cpp.model" in r.stderr and "Traceback" not in r.stderr
+    good = tmp_path / "good.yaml"
+    import yaml
+    good.write_text(yaml.safe_dump(BASE))
+    r = subprocess.run([sys.executable, "-m", "server.cli", "config", "check", str(good)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "OK" in r.stdout
+
+
+def test_policy_chain_and_reasons():
+    p = Policy(["local", "cloud"], "local", ["cloud", "local"], {"fast": "local"})
+    assert p.decide("cloud").chain == ("cloud", "local")
+    assert p.decide("local").chain == ("local",)
+    assert p.decide("tandem").model == "local"
+    assert p.decide("fast").reason == "alias 'fast' -> 'local'"
+    with pytest.raises(ModelNotFound):
+        p.decide("gpt-4")
+    assert p.names() == ["tandem", "local", "cloud", "fast"]
+    assert "random" in ROUTERS
+
+
+def test_stop_buffer_holds_partial_matches():
+    s = StopBuffer(["STOP"])
+    assert s.push("hello ST") == ("hello ", False)
+    assert s.push("O") == ("", False)
+    assert s.push("P and more") == ("", True)
+    s = StopBuffer(["STOP"])
+    assert s.push("ST") == ("", False)
+    assert s.push("AR") == ("STAR", False)
+    assert s.flush() == ""
+    s = StopBuffer(["ab", "b"])
+    assert s.push("xab") == ("x", True)
+    assert StopBuffer([]).push("abc") == ("abc", False)
+
+
+def test_parse_tool_calls_hermes_and_bare():
+    names = {"get_weather"}
+    text = 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+    content, calls = parse_tool_calls(text, names)
+    assert content == "Sure." and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Rome"}
+    fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```'
+    assert parse_tool_calls(fenced, names)[1][0]["function"]["name"] == "get_weather"
+    # Not an offered tool, or not JSON: plain content, unchanged.
+    assert parse_tool_calls('{"name": "rm_rf", "arguments": {}}', names)[1] == []
+    assert parse_tool_calls("just text", names) == ("just text", [])
+
+
+def test_template_messages_normalises_openai_shapes():
+    msgs = template_messages([
+        {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]},
+    ])
+    assert msgs[0] == {"role": "system", "content": "ab"}
+    assert msgs[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}

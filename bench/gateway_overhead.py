@@ -1,0 +1,203 @@
+"""Latency a gateway adds in front of a fast upstream: direct vs Tandem vs LiteLLM's proxy.
+
+One run, three paths to the same fake upstream (bench/fake_upstream.py, its own
+process). Scenarios: non-streaming and streaming (20 chunks) at concurrency 1, an
+open-loop 200 requests/s, and closed-loop concurrency 32 for the maximum rate.
+"Added" = the path's latency percentile minus the direct percentile of the same run.
+
+LiteLLM runs from a separate venv made for this bench only (.bench-venv, `make bench`
+creates it). Without it the LiteLLM columns say n/a.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 400] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, emit_json, machine, percentile, print_table  # noqa: I001
+
+import httpx
+import yaml
+
+from tests.support.servers import ServerProcess, free_port, start_gateway
+
+LITELLM = ROOT / ".bench-venv" / "bin" / "litellm"
+MASTER_KEY = "sk-" + "5e3c" * 16  # LiteLLM refuses to start without one; sent on every path
+AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
+BODY = {"model": "cloud", "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16}
+
+
+def start_fake(tmp: Path) -> ServerProcess:
+    port = free_port()
+    return ServerProcess(
+        [sys.executable, "-m", "uvicorn", "bench.fake_upstream:app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        port, "/v1/models", tmp / "fake.log")
+
+
+def start_litellm(tmp: Path, upstream: str) -> ServerProcess | None:
+    if not LITELLM.exists():
+        return None
+    cfg = {"model_list": [{"model_name": "cloud", "litellm_params": {
+        "model": "openai/fake", "api_base": upstream, "api_key": "sk-fake"}}],
+           "litellm_settings": {"drop_params": True, "telemetry": False}}
+    path = tmp / "litellm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": MASTER_KEY}
+    return ServerProcess([str(LITELLM), "--config", str(path), "--port", str(port),
+                          "--host", "127.0.0.1", "--num_workers", "1"],
+                         port, "/health/liveliness", tmp / "litellm.log", env=env,
+                         timeout_s=180)
+
+
+ERRORS: dict[str, int] = {}
+
+
+async def one(http: httpx.AsyncClient, url: str, stream: bool) -> float:
+    """Latency in ms; NaN (and a count in ERRORS) for a failed request."""
+    body = {**BODY, "stream": stream}
+    t0 = time.perf_counter()
+    try:
+        if stream:
+            async with http.stream("POST", url, json=body) as r:
+                async for _ in r.aiter_raw():
+                    pass
+        else:
+            r = await http.post(url, json=body)
+        ok = r.status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    if not ok:
+        ERRORS[url] = ERRORS.get(url, 0) + 1
+        return float("nan")
+    return (time.perf_counter() - t0) * 1000
+
+
+async def sequential(url: str, stream: bool, n: int) -> list[float]:
+    async with httpx.AsyncClient(timeout=30, headers=AUTH) as http:
+        for _ in range(20):
+            await one(http, url, stream)
+        return [await one(http, url, stream) for _ in range(n)]
+
+
+async def open_loop(url: str, rps: float, seconds: float) -> list[float]:
+    """Requests started on a fixed schedule, whatever the latency (no coordinated omission)."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers=AUTH) as http:
+        for _ in range(20):
+            await one(http, url, False)
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rps * seconds)):
+            delay = start + i / rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(http, url, False)))
+        return await asyncio.gather(*tasks)
+
+
+async def closed_loop(url: str, concurrency: int, seconds: float, stream: bool) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    done = 0
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers=AUTH) as http:
+        deadline = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal done
+            while time.perf_counter() < deadline:
+                latency = await one(http, url, stream)
+                done += latency == latency  # NaN (failed) does not count
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rps", type=float, default=200.0)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="tandem-overhead-"))
+    fake = start_fake(tmp)
+    servers = [fake]
+    try:
+        gw = start_gateway({"models": {"cloud": {"backend": "openai", "base_url": fake.url + "/v1",
+                                                 "model": "fake", "max_retries": 0}},
+                            "routing": {"default": "cloud"}}, tmp)
+        servers.append(gw)
+        lite = start_litellm(tmp, fake.url + "/v1")
+        if lite:
+            servers.append(lite)
+        paths = {"direct": fake.url + "/v1/chat/completions",
+                 "tandem": gw.url + "/v1/chat/completions"}
+        if lite:
+            paths["litellm"] = lite.url + "/v1/chat/completions"
+
+        lat: dict[tuple[str, str], list[float]] = {}
+        for scenario, stream in (("c1", False), ("c1-stream", True)):
+            for name, url in paths.items():
+                print(f"... {scenario} {name}", file=sys.stderr)
+                lat[(scenario, name)] = asyncio.run(sequential(url, stream, args.requests))
+        for name, url in paths.items():
+            print(f"... open loop {name}", file=sys.stderr)
+            lat[(f"{args.rps:.0f}rps", name)] = asyncio.run(open_loop(url, args.rps, args.seconds))
+        rps = {}
+        for name, url in paths.items():
+            print(f"... closed loop {name}", file=sys.stderr)
+            rps[(name, False)] = asyncio.run(closed_loop(url, 32, args.seconds, False))
+            rps[(name, True)] = asyncio.run(closed_loop(url, 32, args.seconds, True))
+    finally:
+        for s in reversed(servers):
+            s.stop()
+
+    rows = []
+    added = {}
+    lat = {k: [x for x in v if x == x] for k, v in lat.items()}  # drop failures (NaN)
+    for scenario in ("c1", "c1-stream", f"{args.rps:.0f}rps"):
+        base = lat[(scenario, "direct")]
+        for name in paths:
+            v = lat[(scenario, name)]
+            p50, p99 = percentile(v, 50), percentile(v, 99)
+            a50 = p50 - percentile(base, 50)
+            a99 = p99 - percentile(base, 99)
+            added[(scenario, name)] = (a50, a99)
+            rows.append([scenario, name, len(v), p50, p99,
+                         "" if name == "direct" else a50, "" if name == "direct" else a99])
+    print(f"gateway_overhead: {machine()}; upstream = bench/fake_upstream.py")
+    print_table(["scenario", "path", "n", "p50 ms", "p99 ms", "added p50", "added p99"], rows)
+    print()
+    print_table(["path", "max rps (c=32)", "max rps stream (c=32)", "failed requests"],
+                [[n, rps[(n, False)], rps[(n, True)], ERRORS.get(u, 0)] for n, u in paths.items()])
+    key = f"{args.rps:.0f}rps"
+    tandem50, tandem99 = added[(key, "tandem")]
+    lite50, lite99 = added.get((key, "litellm"), (float("nan"), float("nan")))
+    chunk_ms = (added[("c1-stream", "tandem")][0]) / 22  # 20 content + role + finish chunks
+    emit_json({
+        "bench": "gateway_overhead", "rps_target": args.rps,
+        "added_p50_ms": round(tandem50, 3), "added_p99_ms": round(tandem99, 3),
+        "litellm_added_p50_ms": round(lite50, 3), "litellm_added_p99_ms": round(lite99, 3),
+        "c1_added_p50_ms": round(added[("c1", "tandem")][0], 3),
+        "stream_added_per_chunk_ms": round(chunk_ms, 4),
+        "rps_max": round(rps[("tandem", False)], 1),
+        "rps_max_direct": round(rps[("direct", False)], 1),
+        "rps_max_litellm": round(rps.get(("litellm", False), float("nan")), 1),
+        "errors": {n: ERRORS.get(u, 0) for n, u in paths.items()},
+    })
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()

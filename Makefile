@@ -37,9 +37,15 @@ serve: models
 test: venv
 	$(BIN)/python -m pytest -q -ra
 
-bench: venv
+# LiteLLM (the overhead anchor) lives in its own venv, for the benchmark only.
+BENCH_VENV ?= .bench-venv
+$(BENCH_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q 'litellm[proxy]'
+
+bench: venv models $(BENCH_VENV)/bin/litellm
 	$(BIN)/python bench/local_stream.py
 	$(BIN)/python bench/gateway_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

@@ -29,6 +29,7 @@ class LlamaCppModelConfig(_Strict):
     n_ctx: int = Field(4096, ge=256, le=1_048_576)
     n_threads: int | None = Field(None, ge=1)
     n_batch: int = Field(512, ge=1)
+    parallel: int = Field(8, ge=1, le=64, description="sequences decoded together in one batch")
     seed: int = 0
     chat_template: str | None = Field(None, description="Jinja template overriding the GGUF's")
     max_queue: int = Field(256, ge=1, description="requests allowed to wait; more get 429")

@@ -135,3 +135,9 @@ def test_request_id_is_echoed_when_safe(gateway):
     assert r.headers["x-request-id"] == "abc-123"
     r = httpx.get(gateway.url + "/health", headers={"x-request-id": "bad id\twith tab"})
     assert r.headers["x-request-id"] != "bad id\twith tab"
+
+
+def test_image_content_to_local_model_is_clear_400(gateway):
+    err = _assert_error(_post(gateway, {"model": "local", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}), 400)
+    assert "image_url" in err["message"]

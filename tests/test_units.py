@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from clients.errors import ModelNotFound
-from clients.llama_cpp.generation import StopBuffer
+from clients.llama_cpp.decoding import StopBuffer
 from clients.llama_cpp.prompt import parse_tool_calls, template_messages
 from routers.base import ROUTERS
 from routers.policy import Policy

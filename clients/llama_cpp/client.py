@@ -1,24 +1,25 @@
 """A GGUF model run in-process by llama.cpp, as a chat client.
 
-One llama.cpp context belongs to one worker thread; requests wait their turn in that
-thread's FIFO queue (fair, never dropped; 429 only past ``server.max_queue``), and the
-event loop only ever awaits. A caller that goes away sets the cancel flag, which the
-token loop checks at every token.
+Concurrent requests are decoded together by the model's batch engine (one thread owns
+the llama.cpp context); beyond ``parallel`` active sequences they wait in a FIFO queue
+(never dropped; 429 only past ``max_queue``). The event loop only ever awaits. A caller
+that goes away sets the cancel flag, checked by the engine at every step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable
 
 from clients.base import Capabilities, ChatBody, ChatClient, Readiness, register_backend
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
-from clients.llama_cpp.generation import Delta, Generation, SamplingParams
+from clients.llama_cpp.batch_engine import BatchEngine, Sequence
+from clients.llama_cpp.decoding import SamplingParams
 from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
 
 def _grammar_for(response_format: dict | None):
@@ -44,11 +45,11 @@ def _grammar_for(response_format: dict | None):
 class _Loaded:
     """What exists once the model file is loaded (built in the worker thread)."""
 
-    def __init__(self, llm, formatter, tools_ok: bool, add_bos: bool) -> None:
+    def __init__(self, llm, engine: BatchEngine, formatter, tools_ok: bool) -> None:
         self.llm = llm
+        self.engine = engine
         self.formatter = formatter
         self.tools_ok = tools_ok
-        self.add_bos = add_bos
 
 
 @register_backend("llama_cpp")
@@ -59,12 +60,9 @@ class LlamaCppClient(ChatClient):
         super().__init__(name)
         self.config = config
         self.max_queue = config.max_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
         self._model: _Loaded | None = None
         self._load_error: str | None = None
-        self._load_future: asyncio.Future | None = None
-        self._waiting = 0
-        self._count_lock = threading.Lock()
+        self._load_task: asyncio.Task | None = None
         self.model_path: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -76,15 +74,11 @@ class LlamaCppClient(ChatClient):
 
         cfg = self.config
         self.model_path = str(resolve(cfg.model))
-        llm = Llama(
-            model_path=self.model_path,
-            n_ctx=cfg.n_ctx,
-            n_threads=cfg.n_threads or os.cpu_count(),
-            n_threads_batch=cfg.n_threads or os.cpu_count(),
-            n_batch=cfg.n_batch,
-            seed=cfg.seed,
-            verbose=False,
-        )
+        threads = cfg.n_threads or os.cpu_count() or 1
+        # The Llama object provides weights, vocabulary and metadata; decoding runs in
+        # the batch engine's own multi-sequence context, so this one stays tiny.
+        llm = Llama(model_path=self.model_path, n_ctx=64, n_batch=64, n_threads=threads,
+                    seed=cfg.seed, verbose=False)
         template = cfg.chat_template or llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise RuntimeError(f"{self.model_path} has no chat template; set chat_template")
@@ -94,20 +88,30 @@ class LlamaCppClient(ChatClient):
             eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
             bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
         )
-        self._model = _Loaded(llm, formatter, template_supports_tools(template), add_bos=False)
+        engine = BatchEngine(llm, cfg.n_ctx, cfg.parallel, cfg.n_batch, threads, self.name)
+        self._model = _Loaded(llm, engine, formatter, template_supports_tools(template))
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._load_future = loop.run_in_executor(self._executor, self._load_guarded)
+        self._load_task = asyncio.create_task(self._load_in_thread())
 
-    def _load_guarded(self) -> None:
+    async def _load_in_thread(self) -> None:
         try:
-            self._load()
+            await asyncio.to_thread(self._load)
         except Exception as err:  # reported through readiness and every request
             self._load_error = f"local model '{self.name}' failed to load: {err}"
 
+    async def _loaded(self) -> _Loaded:
+        """The loaded model; requests that arrive during the load wait for it."""
+        if self._model is None and self._load_task is not None:
+            await asyncio.shield(self._load_task)
+        if self._model is None:
+            raise UpstreamError(self._load_error or f"local model '{self.name}' is not loaded",
+                                status=503, code="model_not_loaded")
+        return self._model
+
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._model is not None:
+            await asyncio.to_thread(self._model.engine.close)
 
     async def readiness(self) -> Readiness:
         if self._model is not None:
@@ -117,7 +121,7 @@ class LlamaCppClient(ChatClient):
         return Readiness(False, "loading")
 
     def queue_depth(self) -> int:
-        return self._waiting
+        return self._model.engine.waiting() if self._model else 0
 
     def context_window(self) -> int | None:
         return self.config.n_ctx
@@ -149,7 +153,7 @@ class LlamaCppClient(ChatClient):
         except Exception as err:  # template errors (e.g. roles must alternate)
             raise InvalidRequest(f"messages cannot be rendered by the chat template: {err}",
                                  param="messages") from None
-        prompt = m.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=m.add_bos, special=True)
+        prompt = m.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
         n_ctx = self.config.n_ctx
         wanted = body.get("max_completion_tokens") or body.get("max_tokens")
         if len(prompt) >= n_ctx:
@@ -183,74 +187,54 @@ class LlamaCppClient(ChatClient):
         )
         return prompt, params, use_tools
 
-    # -- the worker-thread side -----------------------------------------------------------
-    def _generate(self, body: ChatBody, cancel: threading.Event, emit: Callable[[Any], None]):
-        """Run all ``n`` choices one after another, emitting (index, Delta | finish)."""
-        if self._model is None:
-            raise UpstreamError(self._load_error or f"local model '{self.name}' is not loaded",
-                                status=503)
-        prompt, params, use_tools = self._prepare(body)
-        n = body.get("n") or 1
-        completion_tokens = 0
-        for index in range(n):
-            if n > 1 and params.seed is not None:
-                params.seed = params.seed + index
-            if params.grammar is not None and index > 0:
-                params.grammar = _grammar_for(body.get("response_format"))
-            gen = Generation(self._model.llm, prompt, params, cancel)
-            for delta in gen:
-                emit(("delta", index, delta))
-            completion_tokens += gen.completion_tokens
-            if gen.finish_reason == "cancelled":
-                return
-            emit(("finish", index, gen.finish_reason))
-        emit(("usage", len(prompt), completion_tokens))
-        return use_tools
-
+    # -- the bridge to the engine thread ----------------------------------------------------
     async def _run(self, body: ChatBody) -> AsyncIterator[tuple]:
-        """Queue a generation on the worker and relay its events to the event loop."""
-        if self._waiting >= self.max_queue:
+        """Submit the request's ``n`` sequences and relay their events to the event loop.
+
+        Yields ("tools", bool) first, then ("delta", i, Delta) / ("finish", i, reason, n)
+        as they come, then ("usage", prompt_tokens, completion_tokens).
+        """
+        model = await self._loaded()
+        engine = model.engine
+        if engine.waiting() >= self.max_queue:
             raise Overloaded(
-                f"local model '{self.name}' has {self._waiting} requests waiting; retry later",
+                f"local model '{self.name}' has {engine.waiting()} requests waiting; retry later",
                 headers={"retry-after": "1"},
             )
+        # Template rendering and tokenization are CPU work: off the event loop.
+        prompt, params, use_tools = await asyncio.to_thread(self._prepare, body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
-        done = object()
 
-        def emit(event: Any) -> None:
+        def emit(event: tuple) -> None:
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:  # loop closed: the caller is long gone
                 cancel.set()
 
-        def work() -> None:
-            with self._count_lock:
-                self._waiting -= 1
-            try:
-                if cancel.is_set():
-                    return
-                use_tools = self._generate(body, cancel, emit)
-                emit(("tools", use_tools))
-            except BaseException as err:  # delivered to the awaiting coroutine
-                emit(("error", err))
-            finally:
-                emit(done)
-
-        with self._count_lock:
-            self._waiting += 1
-        loop.run_in_executor(self._executor, work)
+        n = body.get("n") or 1
+        for index in range(n):
+            p = params
+            if n > 1:
+                p = dataclasses.replace(
+                    params, seed=None if params.seed is None else params.seed + index)
+            engine.submit(Sequence(prompt, p, emit, cancel, index=index))
+        yield ("tools", use_tools)
+        finished, completion_tokens = 0, 0
         try:
-            while True:
+            while finished < n:
                 event = await events.get()
-                if event is done:
-                    return
                 if event[0] == "error":
-                    raise event[1]
+                    raise UpstreamError(f"local model '{self.name}' failed: {event[1]}",
+                                        status=500, retryable=False)
+                if event[0] == "finish":
+                    finished += 1
+                    completion_tokens += event[3]
                 yield event
+            yield ("usage", len(prompt), completion_tokens)
         finally:
-            cancel.set()
+            cancel.set()  # no-op when all finished; stops the rest when the caller left
 
     # -- OpenAI shapes --------------------------------------------------------------------
     async def chat(self, body: ChatBody) -> dict:
@@ -325,7 +309,7 @@ class LlamaCppClient(ChatClient):
                     continue
                 yield chunk(i, {"content": delta.text}, lp=delta.logprobs)
             elif kind == "finish":
-                _, i, reason = event
+                _, i, reason, _ = event
                 if i not in began:
                     began.add(i)
                     yield chunk(i, {"role": "assistant", "content": ""})

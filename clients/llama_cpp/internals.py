@@ -25,3 +25,50 @@ def is_end_of_generation(llm: llama_cpp.Llama, token: int) -> bool:
 
 def token_text(llm: llama_cpp.Llama, token: int) -> str:
     return llm._model.token_get_text(token)
+
+
+def logits_row(ctx, index: int, n_vocab: int) -> np.ndarray:
+    """Logits of batch position ``index`` after a decode, as a view (no copy)."""
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, index), shape=(n_vocab,))
+
+
+def new_parallel_context(llm: llama_cpp.Llama, n_ctx_per_seq: int, n_seq: int, n_batch: int,
+                         n_threads: int):
+    """A second llama.cpp context on ``llm``'s weights holding ``n_seq`` sequences, each with
+    its own ``n_ctx_per_seq`` window (non-unified KV cache), for batched decoding."""
+    from llama_cpp import _internals
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx_per_seq * n_seq
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = n_seq
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    params.kv_unified = False
+    params.no_perf = True
+    ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+    batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=n_seq, verbose=False)
+    return ctx, batch
+
+
+def batch_clear(batch) -> None:
+    batch.batch.n_tokens = 0
+
+
+def batch_add(batch, token: int, pos: int, seq_id: int, logits: bool) -> int:
+    """Append one token; returns its index in the batch."""
+    b = batch.batch
+    k = b.n_tokens
+    b.token[k] = token
+    b.pos[k] = pos
+    b.seq_id[k][0] = seq_id
+    b.n_seq_id[k] = 1
+    b.logits[k] = logits
+    b.n_tokens = k + 1
+    return k
+
+
+def forget_sequence(ctx, seq_id: int) -> None:
+    """Drop a finished sequence's KV cells so its slot can be reused."""
+    llama_cpp.llama_memory_seq_rm(ctx.memory, seq_id, -1, -1)

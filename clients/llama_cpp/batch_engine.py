@@ -1,0 +1,169 @@
+"""Continuous batching for one in-process llama.cpp model.
+
+One thread owns the context. Each step builds one batch: the next token of every
+decoding sequence, then prompt chunks of newly admitted sequences up to ``n_batch``
+(so a long prompt never stalls the streams already running), runs one decode, and
+samples every sequence that has logits with its own sampler chain. Requests beyond
+``parallel`` active sequences wait in a FIFO queue; none is dropped. A sequence whose
+caller left (cancel flag) is dropped at the next step and its KV cells freed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from clients.llama_cpp.decoding import SamplingParams, TextAssembler, build_sampler
+from clients.llama_cpp.internals import (
+    batch_add,
+    batch_clear,
+    forget_sequence,
+    logits_row,
+    new_parallel_context,
+)
+
+log = logging.getLogger("tandem.llama_cpp")
+
+Emit = Callable[[tuple], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One generation: a prompt, how to sample, where to send events."""
+
+    prompt: list[int]
+    params: SamplingParams
+    emit: Emit  # receives ("delta", index, Delta) and ("finish", index, reason, n_tokens)
+    cancel: threading.Event
+    index: int = 0
+    # engine state
+    seq_id: int = -1
+    n_past: int = 0
+    next_token: int | None = None
+    batch_index: int = -1
+    sampler: Any = None
+    text: TextAssembler | None = field(default=None, repr=False)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+
+class BatchEngine:
+    def __init__(self, llm, n_ctx: int, parallel: int, n_batch: int, n_threads: int,
+                 name: str) -> None:
+        self.llm = llm
+        self.n_vocab = llm.n_vocab()
+        self.n_batch = n_batch
+        self.parallel = parallel
+        self.ctx, self.batch = new_parallel_context(llm, n_ctx, parallel, n_batch, n_threads)
+        self._queue: collections.deque[Sequence] = collections.deque()
+        self._active: list[Sequence] = []
+        self._free_ids = list(range(parallel))
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- called from the event loop ---------------------------------------------------
+    def submit(self, seq: Sequence) -> None:
+        with self._wake:
+            self._queue.append(seq)
+            self._wake.notify()
+
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def active(self) -> int:
+        return len(self._active)
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+        self.batch.close()
+        self.ctx.close()
+
+    # -- the engine thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._queue and not self._active:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                self._admit()
+            try:
+                self._step()
+            except Exception as err:  # a failed decode fails every running sequence
+                log.exception("batched decode failed")
+                for seq in list(self._active):
+                    seq.emit(("error", err))
+                    self._release(seq)
+
+    def _admit(self) -> None:
+        while self._queue and self._free_ids:
+            seq = self._queue.popleft()
+            if seq.cancel.is_set():
+                continue
+            seq.seq_id = self._free_ids.pop(0)
+            seq.sampler = build_sampler(self.llm, seq.params)
+            seq.text = TextAssembler(self.llm, seq.params)
+            self._active.append(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        forget_sequence(self.ctx, seq.seq_id)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+        self._active.remove(seq)
+        self._free_ids.append(seq.seq_id)
+        self._free_ids.sort()
+
+    def _step(self) -> None:
+        for seq in [s for s in self._active if s.cancel.is_set()]:
+            self._release(seq)
+        if not self._active:
+            return
+        batch_clear(self.batch)
+        budget = self.n_batch
+        for seq in self._active:  # every running stream advances one token
+            seq.batch_index = -1
+            if not seq.prefilling and seq.next_token is not None:
+                seq.batch_index = batch_add(self.batch, seq.next_token, seq.n_past,
+                                            seq.seq_id, True)
+                seq.n_past += 1
+                budget -= 1
+        for seq in self._active:  # then prompt chunks, oldest first
+            if budget <= 0:
+                break
+            if not seq.prefilling:
+                continue
+            end = min(len(seq.prompt), seq.n_past + budget)
+            for pos in range(seq.n_past, end):
+                idx = batch_add(self.batch, seq.prompt[pos], pos, seq.seq_id,
+                                pos == len(seq.prompt) - 1)
+            budget -= end - seq.n_past
+            seq.n_past = end
+            if not seq.prefilling:
+                seq.batch_index = idx
+        self.ctx.decode(self.batch)
+        for seq in list(self._active):
+            if seq.batch_index < 0:
+                continue
+            token = seq.sampler.sample(self.ctx, seq.batch_index)
+            logits = (logits_row(self.ctx, seq.batch_index, self.n_vocab)
+                      if seq.params.logprobs else None)
+            delta, finish = seq.text.push(token, logits)
+            if delta is not None:
+                seq.emit(("delta", seq.index, delta))
+            if finish is not None:
+                seq.emit(("finish", seq.index, finish, seq.text.completion_tokens))
+                self._release(seq)
+            else:
+                seq.next_token = token

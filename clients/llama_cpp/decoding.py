@@ -1,0 +1,166 @@
+"""Per-sequence decoding pieces: sampling parameters, the sampler chain, and turning
+sampled tokens into text (UTF-8 split across tokens, stop strings that never leak a
+partial match, logprobs read from llama.cpp's logits row without ``logits_all``)."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+
+import llama_cpp
+import numpy as np
+
+from clients.llama_cpp.internals import is_end_of_generation
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = whole vocabulary (OpenAI semantics)
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: dict[int, float] | None = None
+    grammar: "llama_cpp.LlamaGrammar | None" = None
+
+
+@dataclass
+class Delta:
+    text: str
+    logprobs: list[dict]
+
+
+class StopBuffer:
+    """Holds back text that might be the start of a stop string; cuts at the first match."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add ``text``; return (text safe to emit now, whether a stop string matched)."""
+        self.held += text
+        if not self.stops:
+            out, self.held = self.held, ""
+            return out, False
+        cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.held = self.held[:cut], ""
+            return out, True
+        keep = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.held)), keep, -1):
+                if self.held.endswith(s[:k]):
+                    keep = k
+                    break
+        out = self.held[: len(self.held) - keep]
+        self.held = self.held[len(self.held) - keep :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float32, copy=True)
+    x -= x.max()
+    x -= np.log(np.exp(x).sum())
+    return x
+
+
+def _token_entry(llm: llama_cpp.Llama, token: int, logprob: float) -> dict:
+    piece = llm.detokenize([token], special=False)
+    return {
+        "token": piece.decode("utf-8", "replace"),
+        "logprob": float(logprob),
+        "bytes": list(piece),
+    }
+
+
+def _logprob_entry(llm: llama_cpp.Llama, token: int, logits: np.ndarray, top: int) -> dict:
+    lp = _log_softmax(logits)
+    entry = _token_entry(llm, token, lp[token])
+    tops = []
+    if top > 0:
+        idx = np.argpartition(-lp, top - 1)[:top]
+        idx = idx[np.argsort(-lp[idx])]
+        tops = [_token_entry(llm, int(t), lp[t]) for t in idx]
+    entry["top_logprobs"] = tops
+    return entry
+
+
+def build_sampler(llm: llama_cpp.Llama, p: SamplingParams):
+    """llama.cpp's sampler chain for one sequence (stateful: one per sequence)."""
+    from llama_cpp._internals import LlamaSampler
+
+    n_vocab = llm.n_vocab()
+    s = LlamaSampler()
+    if p.logit_bias:
+        s.add_logit_bias(n_vocab, p.logit_bias)
+    if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+        s.add_penalties(n_vocab, 64, p.repeat_penalty, p.frequency_penalty, p.presence_penalty)
+    if p.grammar is not None:
+        s.add_grammar(llm._model, p.grammar)
+    if p.temperature <= 0:
+        s.add_greedy()
+        return s
+    if p.top_k > 0:
+        s.add_top_k(p.top_k)
+    if p.top_p < 1.0:
+        s.add_top_p(p.top_p, 1)
+    if p.min_p > 0:
+        s.add_min_p(p.min_p, 1)
+    s.add_temp(p.temperature)
+    seed = p.seed if p.seed is not None else int(np.random.randint(0, 2**31 - 1))
+    s.add_dist(seed & 0xFFFFFFFF)
+    return s
+
+
+class TextAssembler:
+    """Sampled tokens in, text deltas out: UTF-8 decoding, stop strings, logprobs."""
+
+    def __init__(self, llm: llama_cpp.Llama, params: SamplingParams) -> None:
+        self.llm = llm
+        self.params = params
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = StopBuffer(params.stop)
+        self.pending_lp: list[dict] = []
+        self.completion_tokens = 0
+
+    def push(self, token: int, logits: np.ndarray | None) -> tuple[Delta | None, str | None]:
+        """Feed one sampled token; returns (delta to emit or None, finish reason or None)."""
+        llm, p = self.llm, self.params
+        if is_end_of_generation(llm, token):
+            return self._tail(), "stop"
+        self.completion_tokens += 1
+        if p.logprobs and logits is not None:
+            self.pending_lp.append(_logprob_entry(llm, token, logits, p.top_logprobs))
+        text, stopped = self.stops.push(self.decoder.decode(llm.detokenize([token])))
+        if stopped:
+            delta = Delta(text, self.pending_lp) if text or self.pending_lp else None
+            self.pending_lp = []
+            return delta, "stop"
+        if self.completion_tokens >= p.max_tokens:
+            text += self.stops.flush() + self.decoder.decode(b"", final=True)
+            delta = Delta(text, self.pending_lp) if text or self.pending_lp else None
+            self.pending_lp = []
+            return delta, "length"
+        if text or self.pending_lp:
+            delta, self.pending_lp = Delta(text, self.pending_lp), []
+            return delta, None
+        return None, None
+
+    def _tail(self) -> Delta | None:
+        tail = self.stops.flush() + self.decoder.decode(b"", final=True)
+        if tail or self.pending_lp:
+            delta, self.pending_lp = Delta(tail, self.pending_lp), []
+            return delta
+        return None

@@ -163,7 +163,7 @@ class BatchEngine:
             if delta is not None:
                 seq.emit(("delta", seq.index, delta))
             if finish is not None:
+                self._release(seq)  # first, so a caller told "finished" finds the slot free
                 seq.emit(("finish", seq.index, finish, seq.text.completion_tokens))
-                self._release(seq)
             else:
                 seq.next_token = token

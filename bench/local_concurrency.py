@@ -1,0 +1,225 @@
+"""Concurrent local streams: Tandem's batch engine vs llama_cpp.server vs the raw ceiling.
+
+At concurrency 1, 2, 4, 8 (distinct prompts, greedy, ``--max-tokens`` each), in one run:
+- Tandem (one gateway, the model in-process, ``parallel: 8``);
+- llama-cpp-python's own server, ``interrupt_requests`` off (it serialises) and default
+  (a new request interrupts the running one);
+- the ceiling: a plain loop over llama.cpp's batch API (same weights, one decode per step
+  for all sequences, greedy by argmax), prefill included as for the servers.
+Aggregate tokens/s = all streams' tokens / wall time from the first request to the last
+token. A stream is "dropped" when it errors or ends without a finish_reason.
+
+    .venv/bin/python bench/local_concurrency.py [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import emit_json, machine, print_table  # noqa: I001
+
+import httpx
+import numpy as np
+import orjson
+
+from clients.model_store import resolve
+from tests.support.servers import ServerProcess, free_port, start_gateway
+
+LEVELS = (1, 2, 4, 8)
+TOPICS = ["rivers", "volcanoes", "the printing press", "bees", "glaciers", "compilers",
+          "the moon", "bridges"]
+
+
+def messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Write a detailed essay about {TOPICS[i]}."}]
+
+
+async def stream_one(http: httpx.AsyncClient, url: str, model: str, i: int,
+                     max_tokens: int, t0: float) -> dict:
+    body = {"model": model, "messages": messages(i), "max_tokens": max_tokens,
+            "temperature": 0, "stream": True}
+    text, ttft, finish = [], None, None
+    try:
+        async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                return {"text": "", "ttft": None, "finish": None, "end": time.perf_counter()}
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = orjson.loads(line[6:])
+                if "error" in chunk or not chunk.get("choices"):
+                    continue
+                choice = chunk["choices"][0]
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    ttft = ttft or time.perf_counter() - t0
+                    text.append(piece)
+                finish = choice.get("finish_reason") or finish
+    except httpx.HTTPError:
+        pass
+    return {"text": "".join(text), "ttft": ttft, "finish": finish, "end": time.perf_counter()}
+
+
+async def level(url: str, model: str, c: int, max_tokens: int) -> list[dict]:
+    async with httpx.AsyncClient(timeout=600) as http:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(stream_one(http, url, model, i, max_tokens, t0)
+                                         for i in range(c)))
+    for r in results:
+        r["t0"] = t0
+    return results
+
+
+def summarise(results: list[dict], count_tokens) -> dict:
+    tokens = sum(count_tokens(r["text"]) for r in results)
+    wall = max(r["end"] for r in results) - results[0]["t0"]
+    ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
+    dropped = sum(1 for r in results if r["finish"] is None)
+    return {"agg": tokens / wall, "ttft_p50": float(np.median(ttfts)) if ttfts else float("nan"),
+            "ttft_max": max(ttfts) if ttfts else float("nan"), "dropped": dropped}
+
+
+def ceiling(llm, prompts: list[list[int]], max_tokens: int) -> float:
+    """Aggregate tokens/s of a plain batch-API loop over ``len(prompts)`` sequences."""
+    from clients.llama_cpp.internals import (batch_add, batch_clear, logits_row,
+                                             new_parallel_context)
+
+    n = len(prompts)
+    ctx, batch = new_parallel_context(llm, 1024, n, 512, os.cpu_count() or 1)
+    try:
+        t0 = time.perf_counter()
+        batch_clear(batch)
+        last = {}
+        for s, p in enumerate(prompts):
+            for j, tok in enumerate(p):
+                k = batch_add(batch, tok, j, s, j == len(p) - 1)
+            last[s] = k
+        ctx.decode(batch)
+        pos = [len(p) for p in prompts]
+        for _ in range(max_tokens):
+            nxt = [int(logits_row(ctx, last[s], llm.n_vocab()).argmax()) for s in range(n)]
+            batch_clear(batch)
+            for s in range(n):
+                last[s] = batch_add(batch, nxt[s], pos[s], s, True)
+                pos[s] += 1
+            ctx.decode(batch)
+        return n * max_tokens / (time.perf_counter() - t0)
+    finally:
+        batch.close()
+        ctx.close()
+
+
+def start_llama_server(path: Path, tmp: Path, interrupt: bool) -> ServerProcess:
+    port = free_port()
+    return ServerProcess(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias",
+         "local", "--port", str(port), "--n_ctx", "4096",
+         "--n_threads", str(os.cpu_count()), "--interrupt_requests", str(interrupt)],
+        port, "/v1/models", tmp / f"llama_server_{interrupt}.log")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    from llama_cpp import Llama
+
+    path = resolve("qwen2.5-coder-0.5b-instruct", progress=False)
+    tmp = Path(tempfile.mkdtemp(prefix="tandem-conc-"))
+    llm = Llama(str(path), n_ctx=64, n_batch=64, verbose=False)
+
+    def count(text: str) -> int:
+        return len(llm.tokenize(text.encode(), add_bos=False)) if text else 0
+
+    table: dict[tuple[str, int], dict] = {}
+    alone: dict[int, str] = {}
+    together: dict[int, str] = {}
+    gw = start_gateway({"models": {"local": {"backend": "llama_cpp", "model": str(path),
+                                             "n_ctx": 4096, "parallel": 8}},
+                        "routing": {"default": "local"}}, tmp)
+    try:
+        asyncio.run(level(gw.url, "local", 1, 4))  # warm-up
+        for i in range(max(LEVELS)):  # each prompt alone: the reference outputs
+            alone[i] = level_one(gw.url, i, args.max_tokens)
+        for c in LEVELS:
+            results = asyncio.run(level(gw.url, "local", c, args.max_tokens))
+            table[("tandem", c)] = summarise(results, count)
+            if c == max(LEVELS):
+                together = {i: r["text"] for i, r in enumerate(results)}
+    finally:
+        gw.stop()
+    for interrupt in (False, True):
+        name = f"llama_cpp.server interrupt={'on' if interrupt else 'off'}"
+        server = start_llama_server(path, tmp, interrupt)
+        try:
+            asyncio.run(level(server.url, "local", 1, 4))
+            for c in LEVELS:
+                table[(name, c)] = summarise(
+                    asyncio.run(level(server.url, "local", c, args.max_tokens)), count)
+        finally:
+            server.stop()
+    # Ceiling with the same chat-templated prompts the servers saw.
+    template = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful " \
+               "assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    prompts = [llm.tokenize(template.format(messages(i)[0]["content"]).encode(),
+                            add_bos=False, special=True) for i in range(max(LEVELS))]
+    for c in LEVELS:
+        table[("ceiling (raw batch loop)", c)] = {
+            "agg": ceiling(llm, prompts[:c], args.max_tokens), "ttft_p50": float("nan"),
+            "ttft_max": float("nan"), "dropped": 0}
+
+    names = ["tandem", "llama_cpp.server interrupt=off", "llama_cpp.server interrupt=on",
+             "ceiling (raw batch loop)"]
+    rows = []
+    for name in names:
+        one = table[(name, 1)]["agg"]
+        for c in LEVELS:
+            r = table[(name, c)]
+            rows.append([name, c, r["agg"], r["agg"] / one, r["ttft_p50"], r["ttft_max"],
+                         r["dropped"]])
+    print(f"local_concurrency: {machine()}; Qwen2.5-Coder-0.5B Q4_K_M, greedy, "
+          f"{args.max_tokens} tokens per stream")
+    print_table(["path", "streams", "agg tok/s", "speedup", "ttft p50 s", "ttft max s",
+                 "dropped"], rows)
+    identical = all(together[i] == alone[i] for i in together)
+    print(f"each of {len(together)} concurrent outputs identical to running it alone: "
+          f"{identical}")
+    t = {c: table[("tandem", c)]["agg"] for c in LEVELS}
+    ceil = {c: table[("ceiling (raw batch loop)", c)]["agg"] for c in LEVELS}
+    emit_json({
+        "bench": "local_concurrency",
+        "speedup_4": round(t[4] / t[1], 3), "speedup_8": round(t[8] / t[1], 3),
+        "ceiling_speedup_4": round(ceil[4] / ceil[1], 3),
+        "ceiling_speedup_8": round(ceil[8] / ceil[1], 3),
+        "tandem_agg_4": round(t[4], 1), "tandem_agg_8": round(t[8], 1),
+        "ceiling_agg_4": round(ceil[4], 1), "ceiling_agg_8": round(ceil[8], 1),
+        "ratio_to_ceiling_4": round(t[4] / ceil[4], 3),
+        "ratio_to_ceiling_8": round(t[8] / ceil[8], 3),
+        "worst_ttft_4_s": round(table[("tandem", 4)]["ttft_max"], 3),
+        "dropped": sum(table[("tandem", c)]["dropped"] for c in LEVELS),
+        "llama_cpp_server_dropped_default": sum(
+            table[("llama_cpp.server interrupt=on", c)]["dropped"] for c in LEVELS),
+        "llama_cpp_server_agg_4_interrupt_off": round(
+            table[("llama_cpp.server interrupt=off", 4)]["agg"], 1),
+        "identical_outputs": identical,
+    })
+
+
+async def level_one_async(url: str, i: int, max_tokens: int) -> str:
+    async with httpx.AsyncClient(timeout=600) as http:
+        r = await stream_one(http, url, "local", i, max_tokens, time.perf_counter())
+    return r["text"]
+
+
+def level_one(url: str, i: int, max_tokens: int) -> str:
+    return asyncio.run(level_one_async(url, i, max_tokens))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The batch engine on the real 0.5B model: many sequences, queueing, stop, cancel."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+from llama_cpp import Llama
+
+from clients.llama_cpp.batch_engine import BatchEngine, Sequence
+from clients.llama_cpp.decoding import SamplingParams
+
+TEMPLATE = ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def llm(local_model_path):
+    return Llama(str(local_model_path), n_ctx=64, n_batch=64, verbose=False)
+
+
+def _prompt(llm, text: str) -> list[int]:
+    return llm.tokenize(TEMPLATE.format(text).encode(), add_bos=False, special=True)
+
+
+def _collect(events: queue.Queue, n: int, timeout: float = 120) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    finished = 0
+    while finished < n:
+        ev = events.get(timeout=timeout)
+        assert ev[0] != "error", ev
+        slot = out.setdefault(ev[1], {"text": "", "finish": None, "tokens": 0})
+        if ev[0] == "delta":
+            slot["text"] += ev[2].text
+        else:
+            slot["finish"], slot["tokens"] = ev[2], ev[3]
+            finished += 1
+    return out
+
+
+def test_more_sequences_than_slots_all_finish_in_full(llm):
+    engine = BatchEngine(llm, n_ctx=512, parallel=2, n_batch=64, n_threads=2, name="t")
+    try:
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        lengths = [5, 9, 3, 7, 11]
+        for i, n in enumerate(lengths):
+            engine.submit(Sequence(_prompt(llm, f"Count to {i + 20}."),
+                                   SamplingParams(max_tokens=n, temperature=0),
+                                   events.put, cancel, index=i))
+        out = _collect(events, len(lengths))
+        assert [out[i]["tokens"] for i in range(len(lengths))] == lengths
+        assert all(out[i]["finish"] == "length" and out[i]["text"] for i in out)
+        assert engine.active() == 0 and engine.waiting() == 0
+    finally:
+        engine.close()
+
+
+def test_stop_string_and_long_prompt_interleaved(llm):
+    """A prompt longer than n_batch is prefilled in chunks while another stream decodes."""
+    engine = BatchEngine(llm, n_ctx=1024, parallel=2, n_batch=32, n_threads=2, name="t")
+    try:
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        engine.submit(Sequence(_prompt(llm, "List the numbers 1 to 30 with commas."),
+                               SamplingParams(max_tokens=80, temperature=0, stop=["7"]),
+                               events.put, cancel, index=0))
+        long_text = "Summarise this: " + "the river flows to the sea. " * 40
+        engine.submit(Sequence(_prompt(llm, long_text), SamplingParams(max_tokens=6,
+                                                                       temperature=0),
+                               events.put, cancel, index=1))
+        out = _collect(events, 2)
+        assert out[0]["finish"] == "stop" and "7" not in out[0]["text"]
+        assert "6" in out[0]["text"]
+        assert out[1]["tokens"] == 6
+    finally:
+        engine.close()
+
+
+def test_cancelled_sequence_frees_its_slot(llm):
+    engine = BatchEngine(llm, n_ctx=512, parallel=1, n_batch=64, n_threads=2, name="t")
+    try:
+        events: queue.Queue = queue.Queue()
+        gone = threading.Event()
+        engine.submit(Sequence(_prompt(llm, "Write a long story."),
+                               SamplingParams(max_tokens=400, temperature=0),
+                               events.put, gone, index=0))
+        assert events.get(timeout=60)[0] == "delta"  # it is running
+        gone.set()
+        kept: queue.Queue = queue.Queue()
+        engine.submit(Sequence(_prompt(llm, "Say hi."), SamplingParams(max_tokens=3,
+                                                                       temperature=0),
+                               kept.put, threading.Event(), index=0))
+        out = _collect(kept, 1, timeout=30)
+        assert out[0]["tokens"] == 3
+    finally:
+        engine.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -39,6 +40,8 @@ class FaultUpstream:
     def __init__(self) -> None:
         self.behaviours: deque[dict] = deque()
         self.requests: list[dict] = []
+        self.mix: list[tuple[float, dict]] = []  # (probability, behaviour) when unscripted
+        self._rng = random.Random(0)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(routes=[
@@ -59,6 +62,21 @@ class FaultUpstream:
         self._server.should_exit = True
         self._thread.join(5)
 
+    def set_mix(self, mix: list[tuple[float, dict]], seed: int = 0) -> None:
+        """Unscripted requests draw a behaviour at these rates (the rest are ``ok``)."""
+        self.mix = mix
+        self._rng = random.Random(seed)
+
+    def _next(self) -> dict:
+        if self.behaviours:
+            return self.behaviours.popleft()
+        roll = self._rng.random()
+        for p, behaviour in self.mix:
+            if roll < p:
+                return behaviour
+            roll -= p
+        return {"kind": "ok"}
+
     def script(self, *behaviours: dict) -> None:
         self.behaviours.clear()
         self.behaviours.extend(behaviours)
@@ -70,7 +88,7 @@ class FaultUpstream:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append({"headers": dict(request.headers), "body": body})
-        b = self.behaviours.popleft() if self.behaviours else {"kind": "ok"}
+        b = self._next()
         kind = b["kind"]
         if kind == "status":
             headers = {"retry-after": str(b["retry_after"])} if "retry_after" in b else None

@@ -95,3 +95,28 @@ def test_cancelled_sequence_frees_its_slot(llm):
         assert out[0]["tokens"] == 3
     finally:
         engine.close()
+
+
+def test_prefix_cache_reuses_a_finished_conversation(llm):
+    engine = BatchEngine(llm, n_ctx=512, parallel=2, n_batch=64, n_threads=2, name="t")
+    try:
+        first = _prompt(llm, "List the numbers 1 to 10.")
+        events: queue.Queue = queue.Queue()
+        engine.submit(Sequence(first, SamplingParams(max_tokens=12, temperature=0),
+                               events.put, threading.Event()))
+        a = _collect(events, 1)[0]
+        assert engine.reused_tokens == 0
+        engine.submit(Sequence(first, SamplingParams(max_tokens=12, temperature=0),
+                               events.put, threading.Event()))
+        b = _collect(events, 1)[0]
+        assert engine.reused_tokens == len(first) - 1  # all but the last prompt token
+        assert a["text"] == b["text"]
+        # The next turn extends the history: the whole previous prompt is reused.
+        follow = first + llm.tokenize(b"1, 2, 3<|im_end|>\n<|im_start|>user\nMore<|im_end|>\n",
+                                      add_bos=False, special=True)
+        engine.submit(Sequence(follow, SamplingParams(max_tokens=4, temperature=0),
+                               events.put, threading.Event()))
+        assert _collect(events, 1)[0]["tokens"] == 4
+        assert engine.reused_tokens >= 2 * len(first) - 1
+    finally:
+        engine.close()

@@ -97,6 +97,12 @@ def _logprob_entry(llm: llama_cpp.Llama, token: int, logits: np.ndarray, top: in
     return entry
 
 
+def plain_greedy(p: SamplingParams) -> bool:
+    """Greedy with nothing that reshapes the logits: an argmax over the row suffices."""
+    return (p.temperature <= 0 and p.grammar is None and not p.logit_bias
+            and p.repeat_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty)
+
+
 def build_sampler(llm: llama_cpp.Llama, p: SamplingParams):
     """llama.cpp's sampler chain for one sequence (stateful: one per sequence)."""
     from llama_cpp._internals import LlamaSampler

@@ -69,6 +69,6 @@ def batch_add(batch, token: int, pos: int, seq_id: int, logits: bool) -> int:
     return k
 
 
-def forget_sequence(ctx, seq_id: int) -> None:
-    """Drop a finished sequence's KV cells so its slot can be reused."""
-    llama_cpp.llama_memory_seq_rm(ctx.memory, seq_id, -1, -1)
+def truncate_sequence(ctx, seq_id: int, keep: int) -> None:
+    """Drop a slot's KV cells from position ``keep`` on (all of them for keep=0)."""
+    llama_cpp.llama_memory_seq_rm(ctx.memory, seq_id, keep, -1)

@@ -90,6 +90,6 @@ def create_app(config: GatewayConfig) -> FastAPI:
                       "error": {"message": f"not ready: {waiting}", "type": "unavailable_error",
                                 "param": None, "code": "not_ready"}}, status=503)
 
-    install_openapi(app)
+    install_openapi(app, policy.names())
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app

@@ -17,7 +17,7 @@ _ERROR_SCHEMA = {
 }
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, model_names: list[str]) -> None:
     def build() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
@@ -26,6 +26,8 @@ def install_openapi(app: FastAPI) -> None:
             ref_template="#/components/schemas/{model}", by_alias=True)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(request.pop("$defs", {}))
+        # The names this gateway answers to (anything else is a 404 model_not_found).
+        request["properties"]["model"]["enum"] = model_names
         components["ChatCompletionRequest"] = request
         components["Error"] = _ERROR_SCHEMA
         schema["paths"]["/v1/chat/completions"] = {"post": {

@@ -45,7 +45,7 @@ def test_no_server_errors_and_openai_errors_only(fuzz_gateway, fault):
     fault.requests.clear()
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=60, deadline=None, database=None,
+        @settings(max_examples=60, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def run(case) -> None:
             fault.behaviours.clear()

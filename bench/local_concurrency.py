@@ -6,10 +6,12 @@ At concurrency 1, 2, 4, 8 (distinct prompts, greedy, ``--max-tokens`` each), in 
   (a new request interrupts the running one);
 - the ceiling: a plain loop over llama.cpp's batch API (same weights, one decode per step
   for all sequences, greedy by argmax), prefill included as for the servers.
+Tandem and the ceiling alternate ``--reps`` times per level (medians reported), so that
+drift of a shared machine hits both alike; the worst TTFT and drops are over all runs.
 Aggregate tokens/s = all streams' tokens / wall time from the first request to the last
 token. A stream is "dropped" when it errors or ends without a finish_reason.
 
-    .venv/bin/python bench/local_concurrency.py [--max-tokens 64]
+    .venv/bin/python bench/local_concurrency.py [--max-tokens 64] [--reps 3]
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def summarise(results: list[dict], count_tokens) -> dict:
             "ttft_max": max(ttfts) if ttfts else float("nan"), "dropped": dropped}
 
 
-def ceiling(llm, prompts: list[list[int]], max_tokens: int) -> float:
-    """Aggregate tokens/s of a plain batch-API loop over ``len(prompts)`` sequences."""
+def ceiling(llm, prompts: list[list[int]], max_tokens: int) -> tuple[float, list[list[int]]]:
+    """Aggregate tokens/s of a plain batch-API loop over ``len(prompts)`` sequences, and
+    the greedy tokens it produced."""
     from clients.llama_cpp.internals import (batch_add, batch_clear, logits_row,
                                              new_parallel_context)
 
@@ -102,14 +105,17 @@ def ceiling(llm, prompts: list[list[int]], max_tokens: int) -> float:
             last[s] = k
         ctx.decode(batch)
         pos = [len(p) for p in prompts]
+        outs: list[list[int]] = [[] for _ in range(n)]
         for _ in range(max_tokens):
             nxt = [int(logits_row(ctx, last[s], llm.n_vocab()).argmax()) for s in range(n)]
+            for s in range(n):
+                outs[s].append(nxt[s])
             batch_clear(batch)
             for s in range(n):
                 last[s] = batch_add(batch, nxt[s], pos[s], s, True)
                 pos[s] += 1
             ctx.decode(batch)
-        return n * max_tokens / (time.perf_counter() - t0)
+        return n * max_tokens / (time.perf_counter() - t0), outs
     finally:
         batch.close()
         ctx.close()
@@ -127,6 +133,7 @@ def start_llama_server(path: Path, tmp: Path, interrupt: bool) -> ServerProcess:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3, help="Tandem/ceiling runs per level")
     args = ap.parse_args()
     from llama_cpp import Llama
 
@@ -136,6 +143,14 @@ def main() -> None:
 
     def count(text: str) -> int:
         return len(llm.tokenize(text.encode(), add_bos=False)) if text else 0
+
+    # Ceiling prompts: the same chat-templated text the servers see.
+    template = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful " \
+               "assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    prompts = [llm.tokenize(template.format(messages(i)[0]["content"]).encode(),
+                            add_bos=False, special=True) for i in range(max(LEVELS))]
+    raw_alone = [ceiling(llm, [p], args.max_tokens)[1][0] for p in prompts]
+    raw_same: dict[int, bool] = {}
 
     table: dict[tuple[str, int], dict] = {}
     alone: dict[int, str] = {}
@@ -148,10 +163,24 @@ def main() -> None:
         for i in range(max(LEVELS)):  # each prompt alone: the reference outputs
             alone[i] = level_one(gw.url, i, args.max_tokens)
         for c in LEVELS:
-            results = asyncio.run(level(gw.url, "local", c, args.max_tokens))
-            table[("tandem", c)] = summarise(results, count)
-            if c == max(LEVELS):
-                together = {i: r["text"] for i, r in enumerate(results)}
+            # Tandem and the ceiling alternate, so machine drift hits both alike.
+            runs, ceil_runs = [], []
+            for _ in range(args.reps):
+                time.sleep(1.0)  # let the other side's worker threads go idle
+                results = asyncio.run(level(gw.url, "local", c, args.max_tokens))
+                runs.append(summarise(results, count))
+                time.sleep(1.0)
+                rate, outs = ceiling(llm, prompts[:c], args.max_tokens)
+                ceil_runs.append(rate)
+                raw_same[c] = all(outs[i] == raw_alone[i] for i in range(c))
+                if c == max(LEVELS):
+                    together = {i: r["text"] for i, r in enumerate(results)}
+            table[("tandem", c)] = sorted(runs, key=lambda r: r["agg"])[len(runs) // 2]
+            table[("ceiling (raw batch loop)", c)] = {
+                "agg": float(np.median(ceil_runs)), "ttft_p50": float("nan"),
+                "ttft_max": float("nan"), "dropped": 0}
+            table[("tandem", c)]["dropped"] = max(r["dropped"] for r in runs)
+            table[("tandem", c)]["ttft_max"] = max(r["ttft_max"] for r in runs)
     finally:
         gw.stop()
     for interrupt in (False, True):
@@ -164,15 +193,6 @@ def main() -> None:
                     asyncio.run(level(server.url, "local", c, args.max_tokens)), count)
         finally:
             server.stop()
-    # Ceiling with the same chat-templated prompts the servers saw.
-    template = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful " \
-               "assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-    prompts = [llm.tokenize(template.format(messages(i)[0]["content"]).encode(),
-                            add_bos=False, special=True) for i in range(max(LEVELS))]
-    for c in LEVELS:
-        table[("ceiling (raw batch loop)", c)] = {
-            "agg": ceiling(llm, prompts[:c], args.max_tokens), "ttft_p50": float("nan"),
-            "ttft_max": float("nan"), "dropped": 0}
 
     names = ["tandem", "llama_cpp.server interrupt=off", "llama_cpp.server interrupt=on",
              "ceiling (raw batch loop)"]
@@ -190,6 +210,8 @@ def main() -> None:
     identical = all(together[i] == alone[i] for i in together)
     print(f"each of {len(together)} concurrent outputs identical to running it alone: "
           f"{identical}")
+    print("the raw batch loop itself, batched vs alone, identical at "
+          + ", ".join(f"{c} streams: {raw_same[c]}" for c in LEVELS))
     t = {c: table[("tandem", c)]["agg"] for c in LEVELS}
     ceil = {c: table[("ceiling (raw batch loop)", c)]["agg"] for c in LEVELS}
     emit_json({
@@ -208,6 +230,7 @@ def main() -> None:
         "llama_cpp_server_agg_4_interrupt_off": round(
             table[("llama_cpp.server interrupt=off", 4)]["agg"], 1),
         "identical_outputs": identical,
+        "raw_loop_identical_4": raw_same[4], "raw_loop_identical_8": raw_same[8],
     })
 
 

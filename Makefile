@@ -46,6 +46,9 @@ $(BENCH_VENV)/bin/litellm:
 bench: venv models $(BENCH_VENV)/bin/litellm
 	$(BIN)/python bench/local_stream.py
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/local_concurrency.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 ChatBody = dict[str, Any]
+# Body key a local backend reads as the beginning of the assistant's answer.
+ASSISTANT_PREFIX = "tandem_assistant_prefix"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class ChatClient(abc.ABC):
     def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
         """Chat completion chunks; errors before the first chunk raise from the first
         ``__anext__`` so that a caller can still fall back to another model."""
+
+    def continuation_body(self, body: ChatBody, partial: str) -> ChatBody | None:
+        """A request that continues an assistant answer already begun with ``partial``
+        (used when another model failed mid-stream), or None when this backend cannot."""
+        return None
 
     def queue_depth(self) -> int:
         """Requests waiting for this model (0 for remote backends)."""

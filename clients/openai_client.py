@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from clients.base import Capabilities, ChatBody, ChatClient, Readiness, register_backend
+from clients.base import (
+    ASSISTANT_PREFIX,
+    Capabilities,
+    ChatBody,
+    ChatClient,
+    Readiness,
+    register_backend,
+)
 from clients.errors import InvalidRequest, UpstreamError
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -118,7 +125,17 @@ class OpenAIClient(ChatClient):
 
     # -- requests ------------------------------------------------------------------------
     def _payload(self, body: ChatBody) -> bytes:
+        if ASSISTANT_PREFIX in body:  # gateway-internal, never sent upstream
+            body = {k: v for k, v in body.items() if k != ASSISTANT_PREFIX}
         return orjson.dumps({**body, "model": self.config.model})
+
+    def continuation_body(self, body: ChatBody, partial: str) -> ChatBody | None:
+        """vLLM's ``continue_final_message``: the partial answer as the last assistant
+        message, continued instead of answered anew. Only when the config says so."""
+        if not self.config.continuation:
+            return None
+        return {**body, "messages": [*body["messages"], {"role": "assistant", "content": partial}],
+                "continue_final_message": True, "add_generation_prompt": False}
 
     def _error_for_status(self, status: int, content: bytes, headers) -> UpstreamError:
         message, code = _upstream_message(content)

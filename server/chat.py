@@ -80,46 +80,89 @@ class ChatService:
                             headers=_headers(name, reason))
         raise AssertionError("empty chain")  # Decision always has one model
 
-    async def _stream(self, decision: Decision, body: dict, include_usage: bool) -> Response:
-        reason = decision.reason
-        for i, name in enumerate(decision.chain):
-            chunks = self.clients[name].chat_stream(body)
+    async def _open(self, chain: tuple[str, ...], start: int, body: dict,
+                    partial: str | None = None) -> tuple[int, AsyncIterator[dict], dict | None,
+                                                         list[str]]:
+        """Open a stream on the first model from ``chain[start:]`` that delivers a first
+        chunk. With ``partial``, only models that can continue an answer are tried."""
+        skipped: list[str] = []
+        for i in range(start, len(chain)):
+            client = self.clients[chain[i]]
+            request = body if partial is None else client.continuation_body(body, partial)
+            if request is None:
+                continue
+            chunks = client.chat_stream(request)
             try:
-                first = await chunks.__anext__()
+                return i, chunks, await chunks.__anext__(), skipped
             except StopAsyncIteration:
-                first = None
+                return i, chunks, None, skipped
             except UpstreamError as err:
                 await chunks.aclose()
-                if err.retryable and not err.started and i + 1 < len(decision.chain):
-                    log.warning("model %s failed before first byte: %s", name, err.message)
-                    reason = self._skip_reason(reason, name, err)
+                if err.retryable and not err.started and i + 1 < len(chain):
+                    log.warning("model %s failed before first byte: %s", chain[i], err.message)
+                    skipped.append(f"fallback after '{chain[i]}' failed ({err.status})")
                     continue
                 raise
             except BaseException:
                 await chunks.aclose()
                 raise
-            events = self._sse(name, first, chunks, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, **_headers(name, reason)})
-        raise AssertionError("empty chain")
+        raise UpstreamError("no model in the chain can continue the answer", status=502)
 
-    async def _sse(self, name: str, first: dict | None, chunks: AsyncIterator[dict],
+    async def _stream(self, decision: Decision, body: dict, include_usage: bool) -> Response:
+        i, chunks, first, skipped = await self._open(decision.chain, 0, body)
+        reason = "; ".join([decision.reason, *skipped])
+        events = self._sse(decision, i, first, chunks, body, include_usage)
+        name = decision.chain[i]
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **_headers(name, reason)})
+
+    async def _sse(self, decision: Decision, link: int, first: dict | None,
+                   chunks: AsyncIterator[dict], body: dict,
                    include_usage: bool) -> AsyncIterator[bytes]:
+        """Forward chunks as SSE. If the model fails mid-stream and a later model in the
+        chain can continue an answer, it continues from the text already sent (the caller
+        sees one answer, nothing repeated); otherwise an in-band error ends the stream."""
+        name = decision.chain[link]
+        sent: list[str] = []  # content of choice 0 so far
+        stream_id = None
+        resumed = False
+        single = (body.get("n") or 1) == 1
         try:
             chunk = first
-            while chunk is not None:
-                usage_only = not chunk.get("choices")
-                if usage_only and not include_usage:
-                    pass
-                else:
-                    chunk["model"] = name
-                    if include_usage:
-                        chunk.setdefault("usage", None)
-                    elif "usage" in chunk:
-                        chunk.pop("usage")
-                    yield sse_event(chunk)
-                chunk = await anext(chunks, None)
-            yield DONE
+            while True:
+                try:
+                    while chunk is not None:
+                        choices = chunk.get("choices")
+                        if not choices and not include_usage:
+                            chunk = await anext(chunks, None)
+                            continue
+                        delta = choices[0].get("delta", {}) if choices else {}
+                        if resumed and choices and delta.get("role") and not delta.get("content"):
+                            chunk = await anext(chunks, None)  # the continuation's own opener
+                            continue
+                        stream_id = stream_id or chunk.get("id")
+                        chunk["id"] = stream_id
+                        chunk["model"] = name
+                        if choices and delta.get("content"):
+                            sent.append(delta["content"])
+                        if include_usage:
+                            chunk.setdefault("usage", None)
+                        elif "usage" in chunk:
+                            chunk.pop("usage")
+                        yield sse_event(chunk)
+                        chunk = await anext(chunks, None)
+                    yield DONE
+                    return
+                except UpstreamError as err:
+                    if not (single and err.started and link + 1 < len(decision.chain)):
+                        raise
+                    log.warning("stream from %s failed mid-way (%s); continuing on the chain",
+                                name, err.message)
+                    await chunks.aclose()
+                    link, chunks, chunk, _ = await self._open(
+                        decision.chain, link + 1, body, partial="".join(sent))
+                    name = decision.chain[link]
+                    resumed = True
         except TandemError as err:
             # Status is already sent: report in-band, then end the stream without [DONE].
             log.warning("stream from %s failed: %s", name, err.message)

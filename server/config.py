@@ -47,6 +47,9 @@ class OpenAIModelConfig(_Strict):
     max_retries: int = Field(2, ge=0, le=10)
     max_connections: int = Field(256, ge=1)
     n_ctx: int | None = Field(None, ge=1, description="context window, when known")
+    continuation: bool = Field(
+        False, description="upstream continues a partial answer (vLLM continue_final_message); "
+        "lets it take over a stream another model dropped mid-way")
 
     def api_key(self) -> str | None:
         """The key, read from the environment at call time (never stored in the config)."""

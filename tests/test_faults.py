@@ -105,8 +105,10 @@ def test_unreachable_upstream_is_503(gateway):
 
 @pytest.mark.parametrize("kind", ["cut", "malformed", "error_event"])
 def test_broken_stream_ends_with_error_event(client, fault, kind):
+    """No model left to continue: an in-band error ends the stream, nothing replayed."""
     fault.script({"kind": kind})
-    stream = client.chat.completions.create(model="flaky", messages=MESSAGES, stream=True)
+    stream = client.chat.completions.create(model="flaky-solo", messages=MESSAGES,
+                                            stream=True)
     received = []
     with pytest.raises(openai.APIError):
         for chunk in stream:
@@ -119,3 +121,20 @@ def test_broken_stream_ends_with_error_event(client, fault, kind):
 def test_server_healthy_after_faults(client, fault):
     fault.script()
     assert client.chat.completions.create(model="flaky", messages=MESSAGES).choices
+
+
+@pytest.mark.parametrize("kind", ["cut", "malformed", "error_event"])
+def test_stream_broken_mid_way_is_continued_by_the_local_model(client, fault, kind):
+    """'flaky' falls back to 'local', which continues the answer from the text already
+    sent: the caller gets one uninterrupted answer, nothing repeated, no error."""
+    fault.script({"kind": kind})
+    stream = client.chat.completions.create(model="flaky", messages=MESSAGES, stream=True,
+                                            max_tokens=12, temperature=0)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("partial ") and len(text) > len("partial ")
+    assert text.count("partial") == 1
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert len({c.id for c in chunks}) == 1  # one answer, one id
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1

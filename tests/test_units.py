@@ -107,3 +107,21 @@ def test_template_messages_normalises_openai_shapes():
     ])
     assert msgs[0] == {"role": "system", "content": "ab"}
     assert msgs[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
+
+
+def test_openai_continuation_body_and_internal_key_never_sent():
+    import orjson
+
+    from clients.base import ASSISTANT_PREFIX
+    from clients.openai_client import OpenAIClient
+    from server.config import OpenAIModelConfig
+
+    cfg = OpenAIModelConfig(backend="openai", base_url="http://h/v1", model="m")
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+    assert OpenAIClient("c", cfg).continuation_body(body, "Hel") is None
+    vllm = OpenAIClient("c", cfg.model_copy(update={"continuation": True}))
+    cont = vllm.continuation_body(body, "Hel")
+    assert cont["messages"][-1] == {"role": "assistant", "content": "Hel"}
+    assert cont["continue_final_message"] is True and cont["add_generation_prompt"] is False
+    sent = orjson.loads(vllm._payload({**body, ASSISTANT_PREFIX: "secret prefix"}))
+    assert ASSISTANT_PREFIX not in sent and sent["model"] == "m"

@@ -16,7 +16,14 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
-from clients.base import Capabilities, ChatBody, ChatClient, Readiness, register_backend
+from clients.base import (
+    ASSISTANT_PREFIX,
+    Capabilities,
+    ChatBody,
+    ChatClient,
+    Readiness,
+    register_backend,
+)
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp.batch_engine import BatchEngine, Sequence
 from clients.llama_cpp.decoding import SamplingParams
@@ -123,6 +130,15 @@ class LlamaCppClient(ChatClient):
     def queue_depth(self) -> int:
         return self._model.engine.waiting() if self._model else 0
 
+    def continuation_body(self, body: ChatBody, partial: str) -> ChatBody | None:
+        """The chat template's generation prompt followed by ``partial``: the model goes
+        on with the same answer. ``max_tokens`` shrinks by a rough count of what was sent."""
+        out = {**body, ASSISTANT_PREFIX: (body.get(ASSISTANT_PREFIX) or "") + partial}
+        for key in ("max_completion_tokens", "max_tokens"):
+            if body.get(key):
+                out[key] = max(1, body[key] - max(1, len(partial) // 4))
+        return out
+
     def context_window(self) -> int | None:
         return self.config.n_ctx
 
@@ -153,7 +169,8 @@ class LlamaCppClient(ChatClient):
         except Exception as err:  # template errors (e.g. roles must alternate)
             raise InvalidRequest(f"messages cannot be rendered by the chat template: {err}",
                                  param="messages") from None
-        prompt = m.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
+        text = rendered.prompt + (body.get(ASSISTANT_PREFIX) or "")
+        prompt = m.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         n_ctx = self.config.n_ctx
         wanted = body.get("max_completion_tokens") or body.get("max_tokens")
         if len(prompt) >= n_ctx:

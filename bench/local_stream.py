@@ -28,42 +28,41 @@ MESSAGES = [{"role": "user", "content": "Write a long, detailed essay about the 
                                         "computing, with many paragraphs."}]
 
 
-def run_direct(llm, max_tokens: int) -> tuple[str, float, float, float]:
-    t0 = time.perf_counter()
+def timed(pieces, t0: float) -> tuple[str, float, float, float]:
+    """Consume content pieces: (text, time to first piece, first and last piece times)."""
     first = last = None
     parts = []
-    for chunk in llm.create_chat_completion(messages=MESSAGES, max_tokens=max_tokens,
-                                            temperature=0, stream=True):
-        piece = chunk["choices"][0]["delta"].get("content")
-        if piece:
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            parts.append(piece)
+    for piece in pieces:
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        parts.append(piece)
     return "".join(parts), first - t0, first, last
+
+
+def run_direct(llm, max_tokens: int) -> tuple[str, float, float, float]:
+    t0 = time.perf_counter()
+    chunks = llm.create_chat_completion(messages=MESSAGES, max_tokens=max_tokens,
+                                        temperature=0, stream=True)
+    return timed((p for c in chunks if (p := c["choices"][0]["delta"].get("content"))), t0)
+
+
+def _sse_pieces(lines):
+    for line in lines:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = orjson.loads(line[6:])
+        if chunk["choices"] and (piece := chunk["choices"][0]["delta"].get("content")):
+            yield piece
 
 
 def run_tandem(url: str, max_tokens: int) -> tuple[str, float, float, float]:
     body = {"model": "local", "messages": MESSAGES, "max_tokens": max_tokens,
             "temperature": 0, "stream": True}
-    parts = []
-    first = last = None
     with httpx.Client(timeout=600) as http:
         t0 = time.perf_counter()
         with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = orjson.loads(line[6:])
-                if not chunk["choices"]:
-                    continue
-                piece = chunk["choices"][0]["delta"].get("content")
-                if piece:
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    parts.append(piece)
-    return "".join(parts), first - t0, first, last
+            return timed(_sse_pieces(r.iter_lines()), t0)
 
 
 def main() -> None:

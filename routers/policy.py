@@ -21,6 +21,7 @@ class Decision:
 
     chain: tuple[str, ...]
     reason: str
+    rule: str = "explicit"  # which rule decided: explicit, alias, default (metrics label)
 
     @property
     def model(self) -> str:
@@ -58,7 +59,9 @@ class Policy:
             return Decision(self.chain_from(requested), f"explicit model '{requested}'")
         if requested in self.aliases:
             target = self.aliases[requested]
-            return Decision(self.chain_from(target), f"alias '{requested}' -> '{target}'")
+            return Decision(self.chain_from(target), f"alias '{requested}' -> '{target}'",
+                            "alias")
         if requested == POLICY_NAME:
-            return Decision(self.chain_from(self.default), f"default '{self.default}'")
+            return Decision(self.chain_from(self.default), f"default '{self.default}'",
+                            "default")
         raise ModelNotFound(requested, self.names())

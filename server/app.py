@@ -12,7 +12,8 @@ import time
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from clients.base import ChatClient, build_client
@@ -21,6 +22,7 @@ from server.chat import ChatService
 from server.config import GatewayConfig
 from server.errors import install_error_handlers
 from server.middleware import RequestContextMiddleware
+from server.observe import GatewayMetrics
 from server.openapi import install_openapi
 
 
@@ -33,7 +35,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     clients: dict[str, ChatClient] = {
         name: build_client(name, model_cfg) for name, model_cfg in config.models.items()
     }
-    service = ChatService(policy, clients)
+    prices = {name: (m.price_input_per_mtok, m.price_output_per_mtok)
+              for name, m in config.models.items() if m.backend == "openai"}
+    metrics = GatewayMetrics(clients, prices) if config.server.metrics else None
+    service = ChatService(policy, clients, metrics)
     created = int(time.time())
 
     @asynccontextmanager
@@ -73,6 +78,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         policy.decide(model_id)  # 404 model_not_found for unknown names
         return _json({"id": model_id, "object": "model", "created": created,
                       "owned_by": "tandem"})
+
+    if metrics is not None:
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus() -> Response:
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> Response:

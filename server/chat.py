@@ -8,6 +8,7 @@ the failures that were skipped).
 from __future__ import annotations
 
 import logging
+import time
 from typing import AsyncIterator
 
 import orjson
@@ -17,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from clients.base import ChatClient
 from clients.errors import InvalidRequest, TandemError, UpstreamError
 from routers.policy import Decision, Policy
+from server.observe import GatewayMetrics, RequestRecord
 from server.schemas import validate_chat_request
 
 log = logging.getLogger("tandem.chat")
@@ -38,44 +40,66 @@ def _headers(route: str, reason: str) -> dict[str, str]:
 class ChatService:
     """Owns the policy and the clients; one instance per app."""
 
-    def __init__(self, policy: Policy, clients: dict[str, ChatClient]) -> None:
+    def __init__(self, policy: Policy, clients: dict[str, ChatClient],
+                 metrics: GatewayMetrics | None = None) -> None:
         self.policy = policy
         self.clients = clients
+        self.metrics = metrics
 
     async def handle(self, request: Request) -> Response:
+        record = RequestRecord(request.scope.get("state", {}).get("request_id", ""),
+                               model="unknown", stream=False)
+        try:
+            response = await self._handle(request, record)
+        except TandemError as err:
+            record.status = err.status
+            record.finish(self.metrics)
+            raise
+        if not record.stream:
+            record.finish(self.metrics)
+        return response  # a stream finishes its record when it ends
+
+    async def _handle(self, request: Request, record: RequestRecord) -> Response:
         raw = await request.body()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as err:
             raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
         validated = validate_chat_request(body)
+        record.model = validated.model
         decision = self.policy.decide(validated.model, body)
+        record.rule, record.reason = decision.rule, decision.reason
         self._check_capabilities(decision, body)
         if validated.stream:
             include_usage = bool(validated.stream_options and validated.stream_options.include_usage)
-            return await self._stream(decision, body, include_usage)
-        return await self._complete(decision, body)
+            return await self._stream(decision, body, include_usage, record)
+        return await self._complete(decision, body, record)
+
+    def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str) -> str:
+        log.warning("model %s failed (%s): %s", chain[i], stage, err.message)
+        if self.metrics is not None:
+            self.metrics.fallbacks.labels(chain[i], chain[i + 1], stage).inc()
+        return f"fallback after '{chain[i]}' failed ({err.status})"
 
     def _check_capabilities(self, decision: Decision, body: dict) -> None:
         first = self.clients[decision.model]
         if body.get("tools") and not first.capabilities.tools:
             raise InvalidRequest(f"model '{first.name}' does not support tools", param="tools")
 
-    def _skip_reason(self, reason: str, model: str, err: UpstreamError) -> str:
-        return f"{reason}; fallback after '{model}' failed ({err.status})"
-
-    async def _complete(self, decision: Decision, body: dict) -> Response:
+    async def _complete(self, decision: Decision, body: dict,
+                        record: RequestRecord) -> Response:
         reason = decision.reason
         for i, name in enumerate(decision.chain):
             try:
                 result = await self.clients[name].chat(body)
             except UpstreamError as err:
                 if err.retryable and i + 1 < len(decision.chain):
-                    log.warning("model %s failed before first byte: %s", name, err.message)
-                    reason = self._skip_reason(reason, name, err)
+                    reason += "; " + self._fell_back(decision.chain, i, err, "before_first_byte")
                     continue
                 raise
             result["model"] = name
+            record.route, record.reason = name, reason
+            record.usage(result.get("usage"))
             return Response(orjson.dumps(result), media_type="application/json",
                             headers=_headers(name, reason))
         raise AssertionError("empty chain")  # Decision always has one model
@@ -99,8 +123,7 @@ class ChatService:
             except UpstreamError as err:
                 await chunks.aclose()
                 if err.retryable and not err.started and i + 1 < len(chain):
-                    log.warning("model %s failed before first byte: %s", chain[i], err.message)
-                    skipped.append(f"fallback after '{chain[i]}' failed ({err.status})")
+                    skipped.append(self._fell_back(chain, i, err, "before_first_byte"))
                     continue
                 raise
             except BaseException:
@@ -108,17 +131,19 @@ class ChatService:
                 raise
         raise UpstreamError("no model in the chain can continue the answer", status=502)
 
-    async def _stream(self, decision: Decision, body: dict, include_usage: bool) -> Response:
+    async def _stream(self, decision: Decision, body: dict, include_usage: bool,
+                      record: RequestRecord) -> Response:
         i, chunks, first, skipped = await self._open(decision.chain, 0, body)
         reason = "; ".join([decision.reason, *skipped])
-        events = self._sse(decision, i, first, chunks, body, include_usage)
         name = decision.chain[i]
+        record.stream, record.route, record.reason = True, name, reason
+        events = self._sse(decision, i, first, chunks, body, include_usage, record)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **_headers(name, reason)})
 
     async def _sse(self, decision: Decision, link: int, first: dict | None,
-                   chunks: AsyncIterator[dict], body: dict,
-                   include_usage: bool) -> AsyncIterator[bytes]:
+                   chunks: AsyncIterator[dict], body: dict, include_usage: bool,
+                   record: RequestRecord) -> AsyncIterator[bytes]:
         """Forward chunks as SSE. If the model fails mid-stream and a later model in the
         chain can continue an answer, it continues from the text already sent (the caller
         sees one answer, nothing repeated); otherwise an in-band error ends the stream."""
@@ -133,6 +158,8 @@ class ChatService:
                 try:
                     while chunk is not None:
                         choices = chunk.get("choices")
+                        if chunk.get("usage"):
+                            record.usage(chunk["usage"])
                         if not choices and not include_usage:
                             chunk = await anext(chunks, None)
                             continue
@@ -145,6 +172,8 @@ class ChatService:
                         chunk["model"] = name
                         if choices and delta.get("content"):
                             sent.append(delta["content"])
+                            if record.first_token is None:
+                                record.first_token = time.perf_counter()
                         if include_usage:
                             chunk.setdefault("usage", None)
                         elif "usage" in chunk:
@@ -156,20 +185,25 @@ class ChatService:
                 except UpstreamError as err:
                     if not (single and err.started and link + 1 < len(decision.chain)):
                         raise
-                    log.warning("stream from %s failed mid-way (%s); continuing on the chain",
-                                name, err.message)
+                    self._fell_back(decision.chain, link, err, "mid_stream")
                     await chunks.aclose()
                     link, chunks, chunk, _ = await self._open(
                         decision.chain, link + 1, body, partial="".join(sent))
                     name = decision.chain[link]
+                    record.route = name
                     resumed = True
         except TandemError as err:
             # Status is already sent: report in-band, then end the stream without [DONE].
             log.warning("stream from %s failed: %s", name, err.message)
+            record.status = "stream_error"
             yield sse_event(err.body())
         except Exception as err:  # never a stack trace on the wire
             log.exception("stream from %s failed", name)
+            record.status = "stream_error"
             yield sse_event({"error": {"message": f"stream failed ({type(err).__name__})",
                                        "type": "server_error", "param": None, "code": None}})
         finally:
             await chunks.aclose()
+            if not record.completion_tokens:
+                record.completion_tokens = len(sent)  # no usage from upstream: chunk count
+            record.finish(self.metrics)

@@ -17,7 +17,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
 
+    from server.observe import configure_logging
+
     config = load_config(args.config)
+    configure_logging(args.log_level, config.server.json_logs, config.server.access_log)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     config.server.host, config.server.port = host, port
@@ -62,9 +65,12 @@ def _serve_stack(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.config is None:
             config.models["cloud"].base_url = f"http://127.0.0.1:{args.cloud_port}/v1"
-        from server.app import create_app
         import uvicorn
 
+        from server.app import create_app
+        from server.observe import configure_logging
+
+        configure_logging(args.log_level, config.server.json_logs, config.server.access_log)
         app = create_app(config)
         print(f"tandem: gateway on http://{args.host}:{args.port}/v1 "
               f"(models: tandem, {', '.join(config.models)})", file=sys.stderr)

@@ -47,6 +47,8 @@ class OpenAIModelConfig(_Strict):
     max_retries: int = Field(2, ge=0, le=10)
     max_connections: int = Field(256, ge=1)
     n_ctx: int | None = Field(None, ge=1, description="context window, when known")
+    price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
     continuation: bool = Field(
         False, description="upstream continues a partial answer (vLLM continue_final_message); "
         "lets it take over a stream another model dropped mid-way")
@@ -79,6 +81,9 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    metrics: bool = Field(True, description="serve Prometheus metrics on /metrics")
+    access_log: bool = Field(True, description="one JSON line per request (no content)")
+    json_logs: bool = True
 
 
 class GatewayConfig(_Strict):

@@ -134,15 +134,21 @@ def main() -> None:
     fake = start_fake(tmp)
     servers = [fake]
     try:
-        gw = start_gateway({"models": {"cloud": {"backend": "openai", "base_url": fake.url + "/v1",
-                                                 "model": "fake", "max_retries": 0}},
-                            "routing": {"default": "cloud"}}, tmp)
+        models = {"cloud": {"backend": "openai", "base_url": fake.url + "/v1", "model": "fake",
+                            "max_retries": 0}}
+        gw = start_gateway({"models": models, "routing": {"default": "cloud"}}, tmp)
         servers.append(gw)
+        # The same gateway without metrics and access log: what observability costs.
+        bare = start_gateway({"models": models, "routing": {"default": "cloud"},
+                              "server": {"metrics": False, "access_log": False}}, tmp,
+                             name="bare")
+        servers.append(bare)
         lite = start_litellm(tmp, fake.url + "/v1")
         if lite:
             servers.append(lite)
         paths = {"direct": fake.url + "/v1/chat/completions",
-                 "tandem": gw.url + "/v1/chat/completions"}
+                 "tandem": gw.url + "/v1/chat/completions",
+                 "tandem-bare": bare.url + "/v1/chat/completions"}
         if lite:
             paths["litellm"] = lite.url + "/v1/chat/completions"
 
@@ -190,6 +196,8 @@ def main() -> None:
         "added_p50_ms": round(tandem50, 3), "added_p99_ms": round(tandem99, 3),
         "litellm_added_p50_ms": round(lite50, 3), "litellm_added_p99_ms": round(lite99, 3),
         "c1_added_p50_ms": round(added[("c1", "tandem")][0], 3),
+        "bare_added_p50_ms": round(added[(key, "tandem-bare")][0], 3),
+        "bare_added_p99_ms": round(added[(key, "tandem-bare")][1], 3),
         "stream_added_per_chunk_ms": round(chunk_ms, 4),
         "rps_max": round(rps[("tandem", False)], 1),
         "rps_max_direct": round(rps[("direct", False)], 1),

@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CLOUD_PORT ?= 8001
 
-.PHONY: serve test venv models lint bench clean
+.PHONY: serve test venv models sysdeps bench clean
 
 venv: $(STAMP)
 
@@ -34,7 +34,13 @@ models: venv
 serve: models
 	$(BIN)/tandem serve-stack --host $(HOST) --port $(PORT) --cloud-port $(CLOUD_PORT)
 
-test: venv
+# System packages the tests start for real: redis-server (shared limits across replicas)
+# and docker-compose (validates deploy/docker-compose.yml without a Docker engine).
+sysdeps:
+	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server docker-compose; }
+
+test: venv sysdeps
 	$(BIN)/python -m pytest -q -ra
 
 # LiteLLM (the overhead anchor) lives in its own venv, for the benchmark only.

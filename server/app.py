@@ -18,12 +18,14 @@ from starlette.responses import Response
 
 from clients.base import ChatClient, build_client
 from routers.policy import Policy
+from server.auth import AuthMiddleware, Gatekeeper
 from server.chat import ChatService
 from server.config import GatewayConfig
 from server.errors import install_error_handlers
 from server.middleware import RequestContextMiddleware
 from server.observe import GatewayMetrics
 from server.openapi import install_openapi
+from server.state import RedisState, SQLiteState
 
 
 def _json(obj: object, status: int = 200) -> Response:
@@ -38,7 +40,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
     prices = {name: (m.price_input_per_mtok, m.price_output_per_mtok)
               for name, m in config.models.items() if m.backend == "openai"}
     metrics = GatewayMetrics(clients, prices) if config.server.metrics else None
-    service = ChatService(policy, clients, metrics)
+    keys = {k.key_sha256: k for k in config.auth.keys}
+    store = None
+    if keys:
+        store = (RedisState(config.state.redis_url) if config.state.redis_url
+                 else SQLiteState(config.state.sqlite_path))
+    service = ChatService(policy, clients, metrics, Gatekeeper(store), prices)
     created = int(time.time())
 
     @asynccontextmanager
@@ -52,6 +59,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         finally:
             await asyncio.gather(*(c.close() for c in clients.values()),
                                  return_exceptions=True)
+            if store is not None:
+                await store.close()
 
     app = FastAPI(title="Tandem", version="0.1.0", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -101,5 +110,6 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                 "param": None, "code": "not_ready"}}, status=503)
 
     install_openapi(app, policy.names())
+    app.add_middleware(AuthMiddleware, keys=keys, open_paths=config.auth.open_paths)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app

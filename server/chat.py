@@ -7,6 +7,7 @@ the failures that were skipped).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import AsyncIterator
@@ -18,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from clients.base import ChatClient
 from clients.errors import InvalidRequest, TandemError, UpstreamError
 from routers.policy import Decision, Policy
+from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
 from server.schemas import validate_chat_request
 
@@ -41,22 +43,40 @@ class ChatService:
     """Owns the policy and the clients; one instance per app."""
 
     def __init__(self, policy: Policy, clients: dict[str, ChatClient],
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, gate: Gatekeeper | None = None,
+                 prices: dict[str, tuple[float, float]] | None = None) -> None:
         self.policy = policy
         self.clients = clients
         self.metrics = metrics
+        self.gate = gate or Gatekeeper(None)
+        self.prices = prices or {}
+        self._bookings: set[asyncio.Task] = set()
+
+    def _finish(self, record: RequestRecord) -> None:
+        """Metrics and log now; the key's usage is booked in the background (a stream's
+        end may be a cancellation, where nothing more may be awaited)."""
+        if record.done:
+            return
+        record.finish(self.metrics)
+        if record.api_key is not None and record.status == 200:
+            task = asyncio.get_running_loop().create_task(self.gate.account(
+                record.api_key, record.prompt_tokens + record.completion_tokens,
+                record.cost_usd(self.prices)))
+            self._bookings.add(task)
+            task.add_done_callback(self._bookings.discard)
 
     async def handle(self, request: Request) -> Response:
-        record = RequestRecord(request.scope.get("state", {}).get("request_id", ""),
-                               model="unknown", stream=False)
+        state = request.scope.get("state", {})
+        record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
+                               api_key=state.get("api_key"))
         try:
             response = await self._handle(request, record)
         except TandemError as err:
             record.status = err.status
-            record.finish(self.metrics)
+            self._finish(record)
             raise
         if not record.stream:
-            record.finish(self.metrics)
+            self._finish(record)
         return response  # a stream finishes its record when it ends
 
     async def _handle(self, request: Request, record: RequestRecord) -> Response:
@@ -67,6 +87,7 @@ class ChatService:
             raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
         validated = validate_chat_request(body)
         record.model = validated.model
+        await self.gate.admit(record.api_key, validated.model)
         decision = self.policy.decide(validated.model, body)
         record.rule, record.reason = decision.rule, decision.reason
         self._check_capabilities(decision, body)
@@ -206,4 +227,4 @@ class ChatService:
             await chunks.aclose()
             if not record.completion_tokens:
                 record.completion_tokens = len(sent)  # no usage from upstream: chunk count
-            record.finish(self.metrics)
+            self._finish(record)

@@ -109,6 +109,19 @@ def _models_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_new(args: argparse.Namespace) -> int:
+    """A fresh key for the caller, and the hashed entry for the config (key never stored)."""
+    import secrets
+
+    from server.auth import hash_key
+
+    key = "sk-tandem-" + secrets.token_urlsafe(32)
+    print(f"# give this key to '{args.name}' (it is not stored anywhere):\n#   {key}")
+    print("# add this entry under auth.keys in the config:")
+    print(f"- {{name: {args.name}, key_sha256: {hash_key(key)}}}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem", description="SLM-LLM collaboration gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_models_pull)
     lst = models_sub.add_parser("list", help="the catalog and what is cached")
     lst.set_defaults(func=_models_list)
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="make a key and its hashed config entry")
+    new.add_argument("name")
+    new.set_defaults(func=_keys_new)
     return parser
 
 

@@ -86,10 +86,33 @@ class ServerConfig(_Strict):
     json_logs: bool = True
 
 
+class ApiKeyConfig(_Strict):
+    """One application's key (stored as its SHA-256; `tandem keys new NAME` makes one)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    models: list[str] = Field(default_factory=list, description="allowed names; empty = all")
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens (prompt + completion) per minute")
+    budget_usd: float | None = Field(None, ge=0, description="lifetime cloud spend allowed")
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKeyConfig] = Field(default_factory=list, description="none: gateway is open")
+    open_paths: list[str] = Field(default_factory=lambda: ["/health", "/ready", "/metrics"])
+
+
+class StateConfig(_Strict):
+    sqlite_path: str = "~/.cache/tandem/state.sqlite"
+    redis_url: str | None = Field(None, description="share limits and budgets across replicas")
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: dict[str, ModelConfig]
     routing: RoutingConfig
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "GatewayConfig":
@@ -109,6 +132,11 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"routing.aliases.{alias}: '{target}' is not a configured model")
             if alias in RESERVED_NAMES or alias.startswith("router-"):
                 raise ValueError(f"routing.aliases.{alias}: the name is reserved for routing")
+        seen: set[str] = set()
+        for i, key in enumerate(self.auth.keys):
+            if key.name in seen or key.key_sha256 in seen:
+                raise ValueError(f"auth.keys[{i}]: duplicate name or key")
+            seen |= {key.name, key.key_sha256}
         for i, name in enumerate(self.routing.fallback):
             if name not in known:
                 raise ValueError(f"routing.fallback[{i}]: '{name}' is not a configured model")

@@ -82,12 +82,17 @@ class RequestRecord:
     first_token: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    api_key: object = None  # the ApiKeyConfig that authenticated the request, if any
     done: bool = False
 
     def usage(self, usage: dict | None) -> None:
         if usage:
             self.prompt_tokens = usage.get("prompt_tokens") or 0
             self.completion_tokens = usage.get("completion_tokens") or 0
+
+    def cost_usd(self, prices: dict[str, tuple[float, float]]) -> float:
+        price_in, price_out = prices.get(self.route, (0.0, 0.0))
+        return (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6
 
     def finish(self, metrics: GatewayMetrics | None) -> None:
         if self.done:
@@ -105,10 +110,9 @@ class RequestRecord:
             if self.prompt_tokens or self.completion_tokens:
                 metrics.tokens.labels(route, "in").inc(self.prompt_tokens)
                 metrics.tokens.labels(route, "out").inc(self.completion_tokens)
-                price_in, price_out = metrics.prices.get(route, (0.0, 0.0))
-                if price_in or price_out:
-                    metrics.cost.labels(route).inc(
-                        (self.prompt_tokens * price_in + self.completion_tokens * price_out) / 1e6)
+                cost = self.cost_usd(metrics.prices)
+                if cost:
+                    metrics.cost.labels(route).inc(cost)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info("request", extra={"fields": {
                 "request_id": self.request_id, "model": self.model, "route": self.route,

@@ -20,12 +20,12 @@ RUN apt-get update \
  && useradd --create-home --uid 10001 tandem
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER tandem
+USER 10001:10001
 ENV TANDEM_CACHE=/home/tandem/.cache/tandem
 VOLUME ["/home/tandem/.cache/tandem"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:8000/health || exit 1
-# Mount a config at /etc/tandem/tandem.yaml (see deploy/); the embedded default otherwise.
+  CMD ["curl", "-fsS", "http://127.0.0.1:8000/health"]
+# Pass `--config /etc/tandem/tandem.yaml` with a mounted file (deploy/); without it the
+# embedded default config runs.
 ENTRYPOINT ["tandem", "serve", "--host", "0.0.0.0", "--port", "8000"]
-CMD []

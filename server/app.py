@@ -8,84 +8,97 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
+import hmac
+import logging
+import signal
 from contextlib import asynccontextmanager
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from clients.base import ChatClient, build_client
-from routers.policy import Policy
-from server.auth import AuthMiddleware, Gatekeeper
-from server.chat import ChatService
-from server.config import GatewayConfig
+from clients.errors import InvalidRequest, TandemError
+from server.auth import AuthMiddleware, hash_key
+from server.config import ConfigError, GatewayConfig
 from server.errors import install_error_handlers
 from server.middleware import RequestContextMiddleware
 from server.observe import GatewayMetrics
 from server.openapi import install_openapi
+from server.runtime import Runtime, RuntimeHolder
 from server.state import RedisState, SQLiteState
+
+
+log = logging.getLogger("tandem.app")
 
 
 def _json(obj: object, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
-def create_app(config: GatewayConfig) -> FastAPI:
-    policy = Policy.from_config(config)
-    clients: dict[str, ChatClient] = {
-        name: build_client(name, model_cfg) for name, model_cfg in config.models.items()
-    }
-    prices = {name: (m.price_input_per_mtok, m.price_output_per_mtok)
-              for name, m in config.models.items() if m.backend == "openai"}
-    metrics = GatewayMetrics(clients, prices) if config.server.metrics else None
-    keys = {k.key_sha256: k for k in config.auth.keys}
+def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI:
+    """``config_path`` is what a reload re-reads (None: the embedded default)."""
     store = None
-    if keys:
+    if config.auth.keys:
         store = (RedisState(config.state.redis_url) if config.state.redis_url
                  else SQLiteState(config.state.sqlite_path))
-    service = ChatService(policy, clients, metrics, Gatekeeper(store), prices)
-    created = int(time.time())
+    first = Runtime(config, None, store)
+    metrics = GatewayMetrics(first.clients, first.prices) if config.server.metrics else None
+    first.service.metrics = metrics
+    holder = RuntimeHolder(first, config_path, metrics, store)
+
+    def on_sighup() -> None:
+        task = asyncio.get_running_loop().create_task(_reload_logged(holder))
+        holder._retiring.add(task)
+        task.add_done_callback(holder._retiring.discard)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await asyncio.gather(*(c.start() for c in clients.values()))
+        await first.start()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        except (NotImplementedError, RuntimeError):  # not the main thread / not Unix
+            pass
         # Start-up objects live for the whole process: keep them out of every GC pass,
         # which otherwise shows up as millisecond stalls in p99 latency.
         gc.freeze()
         try:
             yield
         finally:
-            await asyncio.gather(*(c.close() for c in clients.values()),
-                                 return_exceptions=True)
+            await holder.current.close()
             if store is not None:
                 await store.close()
 
     app = FastAPI(title="Tandem", version="0.1.0", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
-    app.state.config = config
-    app.state.clients = clients
+    app.state.runtime = holder
     install_error_handlers(app)
 
     # A plain Starlette route: the handler validates the body itself (one pydantic pass),
     # so FastAPI's per-request dependency solving would be pure overhead on the hot path.
-    app.add_route("/v1/chat/completions", service.handle, methods=["POST"])
+    async def chat_completions(request: Request) -> Response:
+        return await holder.current.service.handle(request)
+
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 
     @app.get("/v1/models")
     async def list_models() -> Response:
+        rt = holder.current
         data = []
-        for name in policy.names():
-            target = config.models.get(name)
-            owner = "tandem" if target is None else (
-                "local" if clients[name].capabilities.local else "upstream")
-            data.append({"id": name, "object": "model", "created": created, "owned_by": owner})
+        for name in rt.policy.names():
+            client = rt.clients.get(name)
+            owner = "tandem" if client is None else (
+                "local" if client.capabilities.local else "upstream")
+            data.append({"id": name, "object": "model", "created": rt.created,
+                         "owned_by": owner})
         return _json({"object": "list", "data": data})
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str) -> Response:
-        policy.decide(model_id)  # 404 model_not_found for unknown names
-        return _json({"id": model_id, "object": "model", "created": created,
+        rt = holder.current
+        rt.policy.decide(model_id)  # 404 model_not_found for unknown names
+        return _json({"id": model_id, "object": "model", "created": rt.created,
                       "owned_by": "tandem"})
 
     if metrics is not None:
@@ -99,6 +112,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> Response:
+        clients = holder.current.clients
         states = await asyncio.gather(*(c.readiness() for c in clients.values()))
         models = {name: {"ready": s.ready, "detail": s.detail}
                   for name, s in zip(clients, states)}
@@ -109,7 +123,33 @@ def create_app(config: GatewayConfig) -> FastAPI:
                       "error": {"message": f"not ready: {waiting}", "type": "unavailable_error",
                                 "param": None, "code": "not_ready"}}, status=503)
 
-    install_openapi(app, policy.names())
-    app.add_middleware(AuthMiddleware, keys=keys, open_paths=config.auth.open_paths)
+    @app.post("/admin/reload", include_in_schema=False)
+    async def admin_reload(request: Request) -> Response:
+        admin = holder.current.config.auth.admin_key_sha256
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if admin is None:
+            raise TandemError("Reload over HTTP is off: set auth.admin_key_sha256 (or send "
+                              "SIGHUP)", status=403, type="permission_error",
+                              code="admin_disabled")
+        if not token or not hmac.compare_digest(hash_key(token), admin):
+            raise TandemError("Incorrect admin key.", status=401,
+                              type="invalid_request_error", code="invalid_api_key")
+        try:
+            rt = await holder.reload()
+        except ConfigError as err:
+            raise InvalidRequest(f"New configuration rejected, the old one keeps serving: "
+                                 f"{err}", code="invalid_config") from None
+        return _json({"status": "reloaded", "models": list(rt.clients),
+                      "reused": sorted(rt.reused)})
+
+    install_openapi(app, first.policy.names())
+    app.add_middleware(AuthMiddleware, holder=holder)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app
+
+
+async def _reload_logged(holder: RuntimeHolder) -> None:
+    try:
+        await holder.reload()
+    except ConfigError as err:
+        log.error("SIGHUP reload rejected, the old configuration keeps serving: %s", err)

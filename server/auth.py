@@ -36,13 +36,16 @@ class AuthError(TandemError):
 class AuthMiddleware:
     """Pure ASGI: resolves the bearer key to its config entry in ``scope['state']``."""
 
-    def __init__(self, app, keys: dict[str, object], open_paths: list[str]) -> None:
+    def __init__(self, app, holder) -> None:
         self.app = app
-        self.keys = keys  # sha256 hex -> ApiKeyConfig
-        self.open_paths = frozenset(open_paths)
+        self.holder = holder  # keys and open paths come from the current runtime (reloadable)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        runtime = self.holder.current
+        keys = runtime.keys  # sha256 hex -> ApiKeyConfig
+        if (scope["type"] != "http" or not keys
+                or scope["path"] in runtime.config.auth.open_paths
+                or scope["path"].startswith("/admin/")):  # admin routes check their own key
             await self.app(scope, receive, send)
             return
         token = None
@@ -51,7 +54,7 @@ class AuthMiddleware:
                 scheme, _, rest = value.decode("latin-1").partition(" ")
                 token = rest.strip() if scheme.lower() == "bearer" else None
                 break
-        entry = self.keys.get(hash_key(token)) if token else None
+        entry = keys.get(hash_key(token)) if token else None
         if entry is None:
             body = orjson.dumps({"error": {
                 "message": "Missing API key: send 'Authorization: Bearer <key>'." if not token

@@ -51,12 +51,14 @@ class ChatService:
         self.gate = gate or Gatekeeper(None)
         self.prices = prices or {}
         self._bookings: set[asyncio.Task] = set()
+        self.inflight = 0  # requests not yet finished (a reload waits for 0 to close clients)
 
     def _finish(self, record: RequestRecord) -> None:
         """Metrics and log now; the key's usage is booked in the background (a stream's
         end may be a cancellation, where nothing more may be awaited)."""
         if record.done:
             return
+        self.inflight -= 1
         record.finish(self.metrics)
         if record.api_key is not None and record.status == 200:
             task = asyncio.get_running_loop().create_task(self.gate.account(
@@ -69,6 +71,7 @@ class ChatService:
         state = request.scope.get("state", {})
         record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
                                api_key=state.get("api_key"))
+        self.inflight += 1
         try:
             response = await self._handle(request, record)
         except TandemError as err:

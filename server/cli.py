@@ -24,11 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     config.server.host, config.server.port = host, port
-    app = create_app(config)
+    app = create_app(config, args.config)
     print(f"tandem: serving {', '.join(config.models)} on http://{host}:{port}/v1",
           file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=config.server.shutdown_timeout_s)
     return 0
 
 
@@ -71,11 +71,12 @@ def _serve_stack(args: argparse.Namespace) -> int:
         from server.observe import configure_logging
 
         configure_logging(args.log_level, config.server.json_logs, config.server.access_log)
-        app = create_app(config)
+        app = create_app(config, args.config)
         print(f"tandem: gateway on http://{args.host}:{args.port}/v1 "
               f"(models: tandem, {', '.join(config.models)})", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    access_log=False, timeout_graceful_shutdown=5)
+                    access_log=False,
+                    timeout_graceful_shutdown=config.server.shutdown_timeout_s)
     finally:
         cloud.send_signal(signal.SIGTERM)
         try:

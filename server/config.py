@@ -82,6 +82,8 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     metrics: bool = Field(True, description="serve Prometheus metrics on /metrics")
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long running streams may finish")
     access_log: bool = Field(True, description="one JSON line per request (no content)")
     json_logs: bool = True
 
@@ -100,6 +102,8 @@ class ApiKeyConfig(_Strict):
 class AuthConfig(_Strict):
     keys: list[ApiKeyConfig] = Field(default_factory=list, description="none: gateway is open")
     open_paths: list[str] = Field(default_factory=lambda: ["/health", "/ready", "/metrics"])
+    admin_key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="allows POST /admin/reload")
 
 
 class StateConfig(_Strict):

@@ -61,7 +61,13 @@ class GatewayMetrics:
                                  ["from_model", "to_model", "stage"], registry=r)
         self.egress_blocks = Counter("tandem_egress_blocks", "Requests blocked before egress",
                                      ["reason"], registry=r)
-        r.register(_LiveGauges(clients))
+        self._live = _LiveGauges(clients)
+        r.register(self._live)
+
+    def use(self, clients: dict[str, ChatClient], prices: dict[str, tuple[float, float]]) -> None:
+        """Point the live gauges and cost estimate at a reloaded configuration."""
+        self._live.clients = clients
+        self.prices = prices
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,6 +26,6 @@ VOLUME ["/home/tandem/.cache/tandem"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD ["curl", "-fsS", "http://127.0.0.1:8000/health"]
-# Pass `--config /etc/tandem/tandem.yaml` with a mounted file (deploy/); without it the
-# embedded default config runs.
+# Pass `--config /etc/tandem/tandem.yaml` (or set TANDEM_CONFIG) with a mounted file
+# (deploy/); without either the embedded default config runs.
 ENTRYPOINT ["tandem", "serve", "--host", "0.0.0.0", "--port", "8000"]

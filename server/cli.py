@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="YAML configuration (default: the embedded one)")
+    serve.add_argument("--config", default=os.environ.get("TANDEM_CONFIG"),
+                       help="YAML configuration (default: $TANDEM_CONFIG, else the embedded one)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")

@@ -1,0 +1,171 @@
+"""Learned routers on a prompt embedding: matrix factorisation (RouteLLM), kNN, logistic.
+
+Each maps an embedding e (unit norm) to p_strong, the probability that the strong
+model's answer is needed, and trains with numpy from labelled embeddings:
+``y = 1`` where only the strong model was good enough. State is plain arrays, saved by
+routers/checkpoint.py (no pickle).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+class EmbeddingScorer(abc.ABC):
+    """p_strong from an embedding; ``arrays()``/``from_arrays`` round-trip its state."""
+
+    kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def score(self, e: np.ndarray) -> np.ndarray:
+        """p_strong for one embedding (d,) or a batch (n, d)."""
+
+    @abc.abstractmethod
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "EmbeddingScorer": ...
+
+
+class _Adam:
+    def __init__(self, params: dict[str, np.ndarray], lr: float) -> None:
+        self.lr, self.t = lr, 0
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.t += 1
+        for k, g in grads.items():
+            self.m[k] = 0.9 * self.m[k] + 0.1 * g
+            self.v[k] = 0.999 * self.v[k] + 0.001 * g * g
+            m_hat = self.m[k] / (1 - 0.9**self.t)
+            v_hat = self.v[k] / (1 - 0.999**self.t)
+            params[k] -= self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+
+
+class MFScorer(EmbeddingScorer):
+    """RouteLLM's matrix factorisation: P(strong wins) = sigmoid(w·((v_s − v_w) ⊙ W e)).
+
+    ``W`` projects the prompt embedding into the model-embedding space (k), ``v_s`` and
+    ``v_w`` embed the strong and weak model, ``w`` (with bias ``b``) reads the result.
+    """
+
+    kind = "mf"
+
+    def __init__(self, W: np.ndarray, v_s: np.ndarray, v_w: np.ndarray, w: np.ndarray,
+                 b: float = 0.0) -> None:
+        self.W, self.v_s, self.v_w, self.w, self.b = W, v_s, v_w, w, float(b)
+
+    def logit(self, e: np.ndarray) -> np.ndarray:
+        return ((e @ self.W.T) * (self.v_s - self.v_w)) @ self.w + self.b
+
+    def score(self, e: np.ndarray) -> np.ndarray:
+        return sigmoid(self.logit(e))
+
+    @classmethod
+    def train(cls, X: np.ndarray, y: np.ndarray, k: int = 64, epochs: int = 200,
+              lr: float = 3e-3, noise: float = 0.01, l2: float = 1e-4,
+              seed: int = 0) -> "MFScorer":
+        """Binary cross-entropy on (embedding, strong-needed) pairs, Gaussian noise on e."""
+        rng = np.random.default_rng(seed)
+        d = X.shape[1]
+        p = {"W": rng.normal(0, 1 / np.sqrt(d), (k, d)), "v_s": rng.normal(0, 1, k),
+             "v_w": rng.normal(0, 1, k), "w": rng.normal(0, 1 / np.sqrt(k), k),
+             "b": np.zeros(1)}
+        opt = _Adam(p, lr)
+        y = y.astype(np.float64)
+        for _ in range(epochs):
+            e = X + rng.normal(0, noise, X.shape)
+            h = e @ p["W"].T  # (n, k)
+            dv = p["v_s"] - p["v_w"]
+            z = (h * dv) @ p["w"] + p["b"][0]
+            g = (sigmoid(z) - y) / len(y)  # dBCE/dz
+            gw = (h * dv).T @ g
+            gh = np.outer(g, p["w"] * dv)  # (n, k)
+            gdv = (h * np.outer(g, p["w"])).sum(0)
+            grads = {"W": gh.T @ e + l2 * p["W"], "w": gw + l2 * p["w"], "v_s": gdv,
+                     "v_w": -gdv, "b": np.array([g.sum()])}
+            opt.step(p, grads)
+        return cls(p["W"], p["v_s"], p["v_w"], p["w"], float(p["b"][0]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"W": self.W, "v_s": self.v_s, "v_w": self.v_w, "w": self.w,
+                "b": np.array([self.b])}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "MFScorer":
+        return cls(a["W"], a["v_s"], a["v_w"], a["w"], float(a["b"][0]))
+
+
+class KNNScorer(EmbeddingScorer):
+    """Similarity-weighted vote of the k nearest labelled prompts (cosine, unit vectors)."""
+
+    kind = "knn"
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, k: int = 10, temperature: float = 0.05):
+        self.X, self.y = X.astype(np.float32), y.astype(np.float32)
+        self.k, self.temperature = int(k), float(temperature)
+
+    def score(self, e: np.ndarray) -> np.ndarray:
+        single = e.ndim == 1
+        sims = np.atleast_2d(e).astype(np.float32) @ self.X.T  # (n, m)
+        k = min(self.k, self.X.shape[0])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(sims, idx, axis=1)
+        weights = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)
+        p = (weights * self.y[idx]).sum(1) / weights.sum(1)
+        return p[0] if single else p
+
+    @classmethod
+    def train(cls, X: np.ndarray, y: np.ndarray, k: int = 10) -> "KNNScorer":
+        return cls(X, y, k)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"X": self.X, "y": self.y, "k": np.array([self.k]),
+                "temperature": np.array([self.temperature])}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "KNNScorer":
+        return cls(a["X"], a["y"], int(a["k"][0]), float(a["temperature"][0]))
+
+
+class LogisticScorer(EmbeddingScorer):
+    """Logistic regression on the embedding (L2-regularised, full-batch Adam)."""
+
+    kind = "classifier"
+
+    def __init__(self, w: np.ndarray, b: float) -> None:
+        self.w, self.b = w, float(b)
+
+    def score(self, e: np.ndarray) -> np.ndarray:
+        return sigmoid(e @ self.w + self.b)
+
+    @classmethod
+    def train(cls, X: np.ndarray, y: np.ndarray, epochs: int = 300, lr: float = 1e-2,
+              l2: float = 1e-3) -> "LogisticScorer":
+        p = {"w": np.zeros(X.shape[1]), "b": np.zeros(1)}
+        opt = _Adam(p, lr)
+        for _ in range(epochs):
+            g = (sigmoid(X @ p["w"] + p["b"][0]) - y) / len(y)
+            opt.step(p, {"w": X.T @ g + l2 * p["w"], "b": np.array([g.sum()])})
+        return cls(p["w"], float(p["b"][0]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"w": self.w, "b": np.array([self.b])}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "LogisticScorer":
+        return cls(a["w"], float(a["b"][0]))
+
+
+SCORERS: dict[str, type[EmbeddingScorer]] = {
+    s.kind: s for s in (MFScorer, KNNScorer, LogisticScorer)
+}

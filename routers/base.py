@@ -43,3 +43,43 @@ class RandomRouter(Router):
 
     def p_strong(self, messages: Conversation) -> float:
         return self._rng.random()
+
+
+class LearnedRouter(Router):
+    """An embedder and a trained scorer over the conversation text."""
+
+    def __init__(self, embedder, scorer) -> None:
+        self.embedder = embedder
+        self.scorer = scorer
+
+    def p_strong(self, messages: Conversation) -> float:
+        from routers.embed import conversation_text
+
+        e = self.embedder.embed([conversation_text(messages)])[0]
+        return float(self.scorer.score(e))
+
+
+def make_embedder(name: str):
+    """``hashing-4096`` → HashingEmbedder(4096). The registry of embedders by prefix."""
+    from routers.embed import HashingEmbedder
+
+    kind, _, size = name.partition("-")
+    factories = {"hashing": lambda: HashingEmbedder(int(size or 4096))}
+    if kind not in factories:
+        raise ValueError(f"unknown embedder '{name}' (known: hashing-<dim>)")
+    return factories[kind]()
+
+
+def load_router(kind: str, checkpoint_path: str | None, embedder) -> Router:
+    """A router of ``kind``: random needs nothing, learned kinds their checkpoint."""
+    if kind == "random":
+        return RandomRouter()
+    from routers import checkpoint
+
+    if checkpoint_path is None:
+        raise ValueError(f"router '{kind}' needs a checkpoint (routing.routers.{kind})")
+    scorer, meta = checkpoint.load(checkpoint_path, embedder.name, embedder.dim)
+    if meta["kind"] != kind:
+        raise checkpoint.CheckpointError(
+            f"{checkpoint_path}: holds a '{meta['kind']}' router, configured as '{kind}'")
+    return LearnedRouter(embedder, scorer)

@@ -91,8 +91,8 @@ class ChatService:
         validated = validate_chat_request(body)
         record.model = validated.model
         await self.gate.admit(record.api_key, validated.model)
-        decision = self.policy.decide(validated.model, body)
-        record.rule, record.reason = decision.rule, decision.reason
+        decision = await self.policy.route(validated.model, body)
+        record.rule, record.reason, record.score = decision.rule, decision.reason, decision.score
         self._check_capabilities(decision, body)
         if validated.stream:
             include_usage = bool(validated.stream_options and validated.stream_options.include_usage)

@@ -63,6 +63,11 @@ ModelConfig = Annotated[
 ]
 
 
+class PolicyRouterConfig(_Strict):
+    kind: str = Field(description="random, mf, knn or classifier")
+    threshold: float = Field(0.5, ge=0, le=1, description="p_strong >= threshold -> strong")
+
+
 class RoutingConfig(_Strict):
     """Which model answers when the caller asks for ``tandem``, and where to go on failure."""
 
@@ -75,6 +80,12 @@ class RoutingConfig(_Strict):
     aliases: dict[str, str] = Field(
         default_factory=dict, description="extra names for configured models, e.g. local: qwen"
     )
+    strong: str | None = Field(None, description="model a router picks for p_strong >= t")
+    weak: str | None = Field(None, description="model a router picks otherwise")
+    routers: dict[str, str] = Field(
+        default_factory=dict, description="router kind -> checkpoint (.npz); random needs none")
+    router: PolicyRouterConfig | None = Field(None, description="what `tandem` uses")
+    embedder: str = Field("hashing-4096", description="prompt embedding for learned routers")
 
 
 class ServerConfig(_Strict):
@@ -136,6 +147,16 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"routing.aliases.{alias}: '{target}' is not a configured model")
             if alias in RESERVED_NAMES or alias.startswith("router-"):
                 raise ValueError(f"routing.aliases.{alias}: the name is reserved for routing")
+        r = self.routing
+        for role in ("strong", "weak"):
+            name = getattr(r, role)
+            if name is not None and name not in known:
+                raise ValueError(f"routing.{role}: '{name}' is not a configured model")
+        if (r.routers or r.router) and not (r.strong and r.weak):
+            raise ValueError("routing.routers/router need routing.strong and routing.weak")
+        if r.router and r.router.kind != "random" and r.router.kind not in r.routers:
+            raise ValueError(f"routing.router.kind: '{r.router.kind}' has no checkpoint in "
+                             "routing.routers")
         seen: set[str] = set()
         for i, key in enumerate(self.auth.keys):
             if key.name in seen or key.key_sha256 in seen:

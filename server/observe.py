@@ -59,6 +59,9 @@ class GatewayMetrics:
                             ["route"], registry=r)
         self.fallbacks = Counter("tandem_fallbacks", "A model failed and the next one took over",
                                  ["from_model", "to_model", "stage"], registry=r)
+        self.router_scores = Histogram("tandem_router_p_strong", "Router scores",
+                                       ["rule"], buckets=[i / 10 for i in range(1, 11)],
+                                       registry=r)
         self.egress_blocks = Counter("tandem_egress_blocks", "Requests blocked before egress",
                                      ["reason"], registry=r)
         self._live = _LiveGauges(clients)
@@ -88,6 +91,7 @@ class RequestRecord:
     first_token: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    score: float | None = None  # router p_strong, when a router decided
     api_key: object = None  # the ApiKeyConfig that authenticated the request, if any
     done: bool = False
 
@@ -113,6 +117,8 @@ class RequestRecord:
                 metrics.ttft.labels(route).observe(self.first_token - self.started)
             if self.rule:
                 metrics.decisions.labels(self.rule, route).inc()
+            if self.score is not None:
+                metrics.router_scores.labels(self.rule).observe(self.score)
             if self.prompt_tokens or self.completion_tokens:
                 metrics.tokens.labels(route, "in").inc(self.prompt_tokens)
                 metrics.tokens.labels(route, "out").inc(self.completion_tokens)
@@ -123,6 +129,7 @@ class RequestRecord:
             access_log.info("request", extra={"fields": {
                 "request_id": self.request_id, "model": self.model, "route": self.route,
                 "reason": self.reason, "status": self.status, "stream": self.stream,
+                "p_strong": self.score,
                 "duration_ms": round(elapsed * 1000, 2),
                 "ttft_ms": None if self.first_token is None
                 else round((self.first_token - self.started) * 1000, 2),

@@ -18,7 +18,7 @@ from clients.base import ChatClient, build_client
 from routers.policy import Policy
 from server.auth import Gatekeeper
 from server.chat import ChatService
-from server.config import GatewayConfig, load_config
+from server.config import ConfigError, GatewayConfig, load_config
 from server.observe import GatewayMetrics
 from server.state import StateStore
 
@@ -30,7 +30,10 @@ class Runtime:
     def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None,
                  store: StateStore | None, previous: "Runtime | None" = None) -> None:
         self.config = config
-        self.policy = Policy.from_config(config)
+        try:
+            self.policy = Policy.from_config(config)
+        except ValueError as err:  # a missing, corrupt or mismatched router checkpoint
+            raise ConfigError(f"routing: {err}") from None
         reusable = previous.reusable_clients(config) if previous else {}
         self.reused = set(reusable)
         self.clients: dict[str, ChatClient] = {

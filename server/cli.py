@@ -123,6 +123,27 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _router(args: argparse.Namespace) -> int:
+    import json
+
+    from routers import tools
+
+    if args.router_command == "train":
+        result = tools.train(args.kind, args.labels, args.out, args.embedder, args.holdout)
+    elif args.router_command == "eval":
+        result = tools.evaluate(args.ckpt, args.labels)
+    else:
+        t = tools.calibrate(args.ckpt, args.prompts, args.cloud_fraction)
+        print(f"routing.router.threshold: {t:.4f}  # sends ~{args.cloud_fraction:.0%} to the "
+              "strong model on these prompts")
+        result = {"threshold": round(t, 6), "cloud_fraction": args.cloud_fraction}
+    for key, value in result.items():
+        if isinstance(value, float):
+            print(f"{key:>12}: {value:.4f}")
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tandem", description="SLM-LLM collaboration gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=_models_pull)
     lst = models_sub.add_parser("list", help="the catalog and what is cached")
     lst.set_defaults(func=_models_list)
+    router = sub.add_parser("router", help="train, calibrate and evaluate routers")
+    rsub = router.add_subparsers(dest="router_command", required=True)
+    tr = rsub.add_parser("train", help="train a router on a label file")
+    tr.add_argument("--kind", required=True, choices=["mf", "knn", "classifier"])
+    tr.add_argument("--labels", required=True)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--embedder", default="hashing-4096")
+    tr.add_argument("--holdout", type=float, default=0.2,
+                    help="fraction kept out of training and evaluated")
+    ev = rsub.add_parser("eval", help="APGR, CPT(50%%), CPT(80%%) on a label file")
+    ev.add_argument("--ckpt", required=True)
+    ev.add_argument("--labels", required=True)
+    ca = rsub.add_parser("calibrate", help="threshold for a share of cloud calls")
+    ca.add_argument("--ckpt", required=True)
+    ca.add_argument("--prompts", required=True)
+    ca.add_argument("--cloud-fraction", type=float, required=True)
+    for p in (tr, ev, ca):
+        p.set_defaults(func=_router)
+
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="make a key and its hashed config entry")
@@ -170,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ModelFetchError) as err:
+    except (ConfigError, ModelFetchError, ValueError, FileNotFoundError) as err:
         print(f"tandem: {err}", file=sys.stderr)
         return 2
 

@@ -116,3 +116,57 @@ def test_conversation_text_puts_latest_user_turn_first_and_is_bounded():
     assert "first question" in text and "be brief" in text
     long = [{"role": "user", "content": "x" * 10_000}] * 5
     assert len(conversation_text(long, budget_chars=4000)) <= 4000 + 10
+
+
+def test_pgr_apgr_cpt_on_a_hand_example():
+    from routers.evaluate import pgr_curve, summary, threshold_for_fraction
+
+    weak = np.array([0.0, 0.0, 1.0, 1.0])
+    strong = np.array([1.0, 1.0, 1.0, 1.0])  # the gap is the first two prompts
+    perfect = np.array([0.9, 0.8, 0.1, 0.2])
+    f, g = pgr_curve(perfect, weak, strong)
+    np.testing.assert_allclose(g, [0, 0.5, 1, 1, 1])
+    s = summary(perfect, weak, strong)
+    # area: trapezoids over [0,.25,.5,.75,1] of [0,.5,1,1,1] = .0625+.1875+.25+.25
+    assert s["apgr"] == pytest.approx(0.75)
+    assert s["cpt50"] == 0.25 and s["cpt80"] == 0.5
+    worst = summary(-perfect, weak, strong)
+    assert worst["apgr"] < s["apgr"] and worst["cpt50"] == 0.75
+    scores = np.linspace(0, 1, 1001)
+    t = threshold_for_fraction(scores, 0.3)
+    assert abs((scores >= t).mean() - 0.3) < 0.01
+
+
+def test_router_cli_train_eval_calibrate(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    easy = ["say hello", "name a colour", "what is 2 plus 2", "print hello world"]
+    hard = ["prove the four colour theorem", "implement a b-tree with deletion in rust",
+            "derive the kalman filter update", "write a garbage collector in C"]
+    rows = []
+    for i in range(200):
+        strong_needed = i % 2 == 0
+        text = f"{rng.choice(hard if strong_needed else easy)} #{i}"
+        rows.append({"prompt": text, "weak_score": 0.0 if strong_needed else 1.0,
+                     "strong_score": 1.0})
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps(r) for r in rows))
+    ckpt = tmp_path / "knn.npz"
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "server.cli", "router", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    trained = run("train", "--kind", "knn", "--labels", str(labels), "--out", str(ckpt),
+                  "--embedder", "hashing-1024")
+    assert trained["holdout"] == 40 and trained["apgr"] > trained["random_apgr"] + 0.2
+    evaluated = run("eval", "--ckpt", str(ckpt), "--labels", str(labels))
+    assert evaluated["cpt50"] <= 0.3 and {"apgr", "cpt80", "random_apgr"} <= set(evaluated)
+    calibrated = run("calibrate", "--ckpt", str(ckpt), "--prompts", str(labels),
+                     "--cloud-fraction", "0.5")
+    assert 0.0 <= calibrated["threshold"] <= 1.0

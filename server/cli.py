@@ -128,7 +128,27 @@ def _router(args: argparse.Namespace) -> int:
 
     from routers import tools
 
-    if args.router_command == "train":
+    if args.router_command == "label":
+        import asyncio
+        from pathlib import Path
+
+        from routers import label as labeling
+
+        if args.prompts == "humaneval":
+            from clients.model_store import cache_dir
+
+            rows = labeling.humaneval_rows(cache_dir().parent / "datasets")
+        else:
+            rows = tools.read_jsonl(args.prompts)
+            for i, row in enumerate(rows):
+                row.setdefault("id", str(i))
+        if args.limit:
+            rows = rows[: args.limit]
+        n = asyncio.run(labeling.label(rows, Path(args.out), args.base_url, args.weak,
+                                       args.strong, args.grader, args.judge, args.max_tokens,
+                                       args.concurrency, os.environ.get("TANDEM_API_KEY")))
+        result = {"labelled": n, "out": args.out}
+    elif args.router_command == "train":
         result = tools.train(args.kind, args.labels, args.out, args.embedder, args.holdout)
     elif args.router_command == "eval":
         result = tools.evaluate(args.ckpt, args.labels)
@@ -179,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_models_list)
     router = sub.add_parser("router", help="train, calibrate and evaluate routers")
     rsub = router.add_subparsers(dest="router_command", required=True)
+    lb = rsub.add_parser("label", help="answer with weak and strong models, grade both")
+    lb.add_argument("--prompts", required=True, help="JSONL file, or 'humaneval'")
+    lb.add_argument("--grader", required=True,
+                    choices=["exact", "numeric", "unit_tests", "judge"])
+    lb.add_argument("--out", required=True, help="JSONL; a rerun resumes")
+    lb.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    lb.add_argument("--weak", default="local")
+    lb.add_argument("--strong", default="cloud")
+    lb.add_argument("--judge", help="model that grades (judge grader; default: strong)")
+    lb.add_argument("--max-tokens", type=int, default=512)
+    lb.add_argument("--concurrency", type=int, default=4)
+    lb.add_argument("--limit", type=int)
     tr = rsub.add_parser("train", help="train a router on a label file")
     tr.add_argument("--kind", required=True, choices=["mf", "knn", "classifier"])
     tr.add_argument("--labels", required=True)
@@ -193,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--ckpt", required=True)
     ca.add_argument("--prompts", required=True)
     ca.add_argument("--cloud-fraction", type=float, required=True)
-    for p in (tr, ev, ca):
+    for p in (lb, tr, ev, ca):
         p.set_defaults(func=_router)
 
     keys = sub.add_parser("keys", help="API keys")

@@ -170,3 +170,40 @@ def test_router_cli_train_eval_calibrate(tmp_path):
     calibrated = run("calibrate", "--ckpt", str(ckpt), "--prompts", str(labels),
                      "--cloud-fraction", "0.5")
     assert 0.0 <= calibrated["threshold"] <= 1.0
+
+
+def test_graders():
+    from routers.label import extract_code, grade_exact, grade_numeric, grade_unit_tests
+
+    assert grade_exact({"reference": "Paris"}, "  paris. ") == 1.0
+    assert grade_numeric({"reference": 1234}, "so the total is 1,234") == 1.0
+    assert grade_numeric({"reference": 12}, "about 13") == 0.0
+    problem = {"prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n", "entry_point": "add",
+               "test": "def check(f):\n    assert f(2, 3) == 5\n"}
+    good = "```python\ndef add(a, b):\n    return a + b\n```"
+    assert grade_unit_tests(problem, good) == 1.0
+    assert grade_unit_tests(problem, "    return a + b\n") == 1.0  # a bare completion
+    assert grade_unit_tests(problem, "```python\ndef add(a, b):\n    return a - b\n```") == 0.0
+    hang = "```python\ndef add(a, b):\n    while True: pass\n```"
+    assert grade_unit_tests(problem, hang, timeout_s=1) == 0.0
+    assert extract_code("def f():\n", "    return 1") == "def f():\n    return 1"
+
+
+def test_label_run_against_the_gateway_resumes(gateway, tmp_path):
+    import asyncio
+    import json
+
+    from routers.label import label
+
+    rows = [{"id": "a", "prompt": "What is 2+2? Reply with the number.", "reference": 4},
+            {"id": "b", "prompt": "What is 3+4? Reply with the number.", "reference": 7}]
+    out = tmp_path / "labels.jsonl"
+    n = asyncio.run(label(rows[:1], out, gateway.url + "/v1", "local", "cloud", "numeric",
+                          None, 8, 2))
+    assert n == 1
+    n = asyncio.run(label(rows, out, gateway.url + "/v1", "local", "cloud", "numeric",
+                          None, 8, 2))
+    assert n == 1  # "a" was already labelled
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in got) == ["a", "b"]
+    assert all(r["weak_score"] in (0.0, 1.0) and r["strong_score"] in (0.0, 1.0) for r in got)

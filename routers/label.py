@@ -2,7 +2,8 @@
 
 Models are reached over the OpenAI API (a running Tandem, vLLM, anything compatible),
 several prompts in flight so a batching server stays busy. Output is JSONL with
-``weak_score`` and ``strong_score`` in [0, 1]; a rerun skips prompts already labelled.
+``weak_score`` and ``strong_score`` in [0, 1]; a rerun skips prompts already labelled
+and answers already cached.
 
 Graders:
 - ``exact``: normalised answer equals ``reference``;
@@ -106,25 +107,54 @@ def humaneval_rows(cache: Path) -> list[dict]:
     return rows
 
 
+def _read_cache(path: Path) -> dict[tuple[str, str], str]:
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line:
+            r = json.loads(line)
+            out[(r["model"], r["id"])] = r["answer"]
+    return out
+
+
 async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: str,
                 grader: str, judge: str | None, max_tokens: int, concurrency: int,
                 api_key: str | None = None) -> int:
+    """Answers come in two passes, all weak then all strong (on a small machine the two
+    models would otherwise fight for the same cores), cached in ``<out>.answers`` so an
+    interrupted run resumes; then every pair is graded and written to ``out``."""
     done = set()
     if out.exists():
         done = {json.loads(line)["id"] for line in out.read_text().splitlines() if line}
     todo = [r for r in rows if r["id"] not in done]
+    cache_path = out.with_name(out.name + ".answers")
+    cache = _read_cache(cache_path)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=600,
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=900,
                                  headers=headers) as http:
 
-        async def answer(model: str, row: dict) -> str:
+        async def answer(model: str, row: dict) -> tuple[str, dict, str]:
             messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-            r = await http.post("chat/completions", json={
-                "model": model, "messages": messages, "temperature": 0,
-                "max_tokens": max_tokens})
+            async with sem:
+                r = await http.post("chat/completions", json={
+                    "model": model, "messages": messages, "temperature": 0,
+                    "max_tokens": max_tokens})
             r.raise_for_status()
-            return r.json()["choices"][0]["message"]["content"] or ""
+            return model, row, r.json()["choices"][0]["message"]["content"] or ""
+
+        with open(cache_path, "a") as cache_file:
+            for model in (weak, strong):
+                missing = [r for r in todo if (model, r["id"]) not in cache]
+                with tqdm(total=len(missing), desc=f"answers {model}", unit="prompt") as bar:
+                    for result in asyncio.as_completed([answer(model, r) for r in missing]):
+                        m, row, text = await result
+                        cache[(m, row["id"])] = text
+                        cache_file.write(json.dumps({"model": m, "id": row["id"],
+                                                     "answer": text}) + "\n")
+                        cache_file.flush()
+                        bar.update(1)
 
         async def grade(row: dict, text: str) -> float:
             if grader == "judge":
@@ -133,18 +163,12 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
                   "unit_tests": grade_unit_tests}[grader]
             return await asyncio.to_thread(fn, row, text)
 
-        async def one(row: dict) -> dict:
-            async with sem:
-                weak_text, strong_text = await asyncio.gather(answer(weak, row),
-                                                              answer(strong, row))
-                scores = await asyncio.gather(grade(row, weak_text), grade(row, strong_text))
-            keep = {k: row[k] for k in ("id", "prompt", "messages", "reference") if k in row}
-            return {**keep, "weak_score": scores[0], "strong_score": scores[1],
-                    "weak_model": weak, "strong_model": strong, "grader": grader}
-
-        with open(out, "a") as f, tqdm(total=len(todo), desc="label", unit="prompt") as bar:
-            for result in asyncio.as_completed([one(r) for r in todo]):
-                f.write(json.dumps(await result) + "\n")
-                f.flush()
-                bar.update(1)
+        with open(out, "a") as f:
+            for row in tqdm(todo, desc="grade", unit="prompt"):
+                scores = [await grade(row, cache[(m, row["id"])]) for m in (weak, strong)]
+                keep = {k: row[k] for k in ("id", "prompt", "messages", "reference")
+                        if k in row}
+                f.write(json.dumps({**keep, "weak_score": scores[0], "strong_score": scores[1],
+                                    "weak_model": weak, "strong_model": strong,
+                                    "grader": grader}) + "\n")
     return len(todo)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -34,7 +35,6 @@ def _grammar_for(response_format: dict | None):
     if not response_format or response_format.get("type", "text") == "text":
         return None
     from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-    import json
 
     kind = response_format["type"]
     try:

@@ -75,7 +75,7 @@ class OpenAIClient(ChatClient):
         self.config = config
         self.origin = _origin(config.base_url)
         self._http: aiohttp.ClientSession | None = None
-        base = config.base_url.rstrip("/")
+        self.base_url = base = config.base_url.rstrip("/")
         self._url = base + "/chat/completions"
         self._models_url = base + "/models"
         self._ready_cache: tuple[float, Readiness] | None = None
@@ -181,12 +181,16 @@ class OpenAIClient(ChatClient):
         return True
 
     async def _send(self, body: ChatBody) -> aiohttp.ClientResponse:
-        """POST until a 2xx response head arrives, retrying what is safe to retry."""
-        payload = self._payload(body)
+        return await self.post(self._url, self._payload(body))
+
+    async def post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
+        """POST ``payload`` to ``url`` on this upstream until a 2xx response head arrives,
+        retrying what is safe to retry. Every outbound request of this backend (chat, and
+        token scoring through ``/completions``) goes through here."""
         attempt = 0
         while True:
             try:
-                resp = await self.http.post(self._url, data=payload)
+                resp = await self.http.post(url, data=payload)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
                 if await self._backoff(attempt, None):
                     attempt += 1

@@ -11,6 +11,8 @@ import abc
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
+from clients.errors import InvalidRequest
+
 ChatBody = dict[str, Any]
 # Body key a local backend reads as the beginning of the assistant's answer.
 ASSISTANT_PREFIX = "tandem_assistant_prefix"
@@ -24,6 +26,7 @@ class Capabilities:
     json_schema: bool = True
     logprobs: bool = True
     local: bool = False  # runs on this machine (private data may go there)
+    completions: bool = False  # serves legacy /v1/completions (raw prompts, token ids)
 
 
 @dataclass
@@ -58,6 +61,19 @@ class ChatClient(abc.ABC):
     def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
         """Chat completion chunks; errors before the first chunk raise from the first
         ``__anext__`` so that a caller can still fall back to another model."""
+
+    async def complete(self, body: ChatBody) -> dict:
+        """A legacy completion (``/v1/completions`` body, validated; stream false).
+        Only backends with ``capabilities.completions`` override this."""
+        raise InvalidRequest(f"model '{self.name}' cannot serve /v1/completions",
+                             param="model", code="completions_unsupported")
+
+    def complete_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        """Legacy completion chunks (``text_completion`` objects), the last one with
+        ``choices: []`` and the usage; errors before the first chunk raise from the
+        first ``__anext__``."""
+        raise InvalidRequest(f"model '{self.name}' cannot serve /v1/completions",
+                             param="model", code="completions_unsupported")
 
     def continuation_body(self, body: ChatBody, partial: str) -> ChatBody | None:
         """A request that continues an assistant answer already begun with ``partial``

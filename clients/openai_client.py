@@ -68,7 +68,8 @@ def _retry_after(headers) -> float | None:
 
 @register_backend("openai")
 class OpenAIClient(ChatClient):
-    capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=False)
+    capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=False,
+                                completions=True)
 
     def __init__(self, name: str, config) -> None:
         super().__init__(name)
@@ -77,6 +78,7 @@ class OpenAIClient(ChatClient):
         self._http: aiohttp.ClientSession | None = None
         self.base_url = base = config.base_url.rstrip("/")
         self._url = base + "/chat/completions"
+        self._completions_url = base + "/completions"
         self._models_url = base + "/models"
         self._ready_cache: tuple[float, Readiness] | None = None
 
@@ -180,8 +182,8 @@ class OpenAIClient(ChatClient):
         await asyncio.sleep(delay * (0.5 + random.random()))
         return True
 
-    async def _send(self, body: ChatBody) -> aiohttp.ClientResponse:
-        return await self.post(self._url, self._payload(body))
+    async def _send(self, body: ChatBody, url: str) -> aiohttp.ClientResponse:
+        return await self.post(url, self._payload(body))
 
     async def post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
         """POST ``payload`` to ``url`` on this upstream until a 2xx response head arrives,
@@ -215,7 +217,20 @@ class OpenAIClient(ChatClient):
             raise error
 
     async def chat(self, body: ChatBody) -> dict:
-        resp = await self._send(body)
+        return await self._call(body, self._url)
+
+    def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        return self._events(body, self._url)
+
+    async def complete(self, body: ChatBody) -> dict:
+        """Legacy completions, passed through to the upstream's ``/completions``."""
+        return await self._call(body, self._completions_url)
+
+    def complete_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        return self._events(body, self._completions_url)
+
+    async def _call(self, body: ChatBody, url: str) -> dict:
+        resp = await self._send(body, url)
         try:
             content = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
@@ -230,8 +245,8 @@ class OpenAIClient(ChatClient):
             raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent no choices")
         return data
 
-    async def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
-        resp = await self._send(body)
+    async def _events(self, body: ChatBody, url: str) -> AsyncIterator[dict]:
+        resp = await self._send(body, url)
         started = False
         where = f"upstream '{self.name}' ({self.origin})"
         try:

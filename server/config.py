@@ -97,6 +97,9 @@ class ServerConfig(_Strict):
         30.0, ge=0, description="on SIGTERM, how long running streams may finish")
     access_log: bool = Field(True, description="one JSON line per request (no content)")
     json_logs: bool = True
+    max_logprobs: int = Field(
+        20, ge=-1, description="most logprobs/prompt_logprobs per position on /v1/completions "
+        "(vLLM's --max-logprobs); -1 allows the whole vocabulary")
 
 
 class ApiKeyConfig(_Strict):

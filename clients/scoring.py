@@ -26,12 +26,14 @@ class NextTokenScores:
     Either ``logprobs`` holds the whole vocabulary (float32, log-softmax), or only the
     top-k are known (``top_ids``/``top_logprobs``, best first) and every other token's
     log-probability is at most ``floor`` (the k-th value: the bound that certified
-    decoding relies on).
+    decoding relies on). ``bound`` sets the floor explicitly when the listed entries
+    include a token ranked below the top-k (vLLM lists the scored token itself).
     """
 
     logprobs: np.ndarray | None = None
     top_ids: np.ndarray | None = None
     top_logprobs: np.ndarray | None = None
+    bound: float | None = None
 
     @property
     def full(self) -> bool:
@@ -41,8 +43,10 @@ class NextTokenScores:
     def floor(self) -> float:
         if self.logprobs is not None:
             return float("-inf")
+        if self.bound is not None:
+            return self.bound
         assert self.top_logprobs is not None and len(self.top_logprobs)
-        return float(self.top_logprobs[-1])
+        return float(self.top_logprobs.min())
 
     def get(self, token: int) -> float | None:
         """The log-probability of ``token``, or None when it is outside a known top-k."""
@@ -78,6 +82,11 @@ class ScoringSession(abc.ABC):
     def tokens(self) -> list[int]:
         """The tokens appended so far."""
 
+    async def rescore_full(self, n_tokens: int) -> NextTokenScores:
+        """Whole-vocabulary scores after the first ``n_tokens`` tokens, for a backend whose
+        ``extend`` returns only a top-k (a remote base when certification fails)."""
+        raise NotImplementedError(f"{type(self).__name__} has no whole-vocabulary rescoring")
+
     async def close(self) -> None:
         """Free the cache slot this session held."""
 
@@ -99,6 +108,14 @@ class TokenScorer(abc.ABC):
     @abc.abstractmethod
     async def open(self) -> ScoringSession:
         """A new empty session (waits for a free cache slot when all are taken)."""
+
+    async def extend_many(
+        self, work: list[tuple[ScoringSession, list[int], int]]
+    ) -> list[list[NextTokenScores]]:
+        """``extend`` several sessions of this scorer at once. A backend that can decode
+        them in one batch (two prompts on the same weights: expert and anti-expert)
+        overrides this; the default runs them one after another."""
+        return [await session.extend(tokens, positions) for session, tokens, positions in work]
 
     async def token_texts(self, ids: list[int]) -> list[bytes] | None:
         """The byte pieces of ``ids`` for the vocabulary check, or None when this

@@ -8,11 +8,12 @@ import asyncio
 import gguf
 import numpy as np
 import pytest
+import yaml
 from llama_cpp import Llama
 
 from clients.llama_cpp.client import LlamaCppClient
 from clients.model_store import resolve
-from server.config import LlamaCppModelConfig
+from server.config import parse_config
 from tests.support.tiny_gguf import UNUSED, tiny_vocab, write_tiny_gguf
 
 TEXTS = [
@@ -84,13 +85,28 @@ def test_logits_have_vocab_width_and_are_not_degenerate(models):
         scores = _logits(_llm(m.path), "the answer is yes")
         assert scores.shape[1] == m.n_vocab
         assert np.isfinite(scores).all()
-        last = scores[-1]
+        text_ids = np.setdiff1d(np.arange(m.n_vocab), m.suppressed)
+        last = scores[-1][text_ids]
         top2 = np.sort(last)[-2:]
         assert 2.0 < last.std() < 8.0, key
         assert top2[1] - top2[0] > 1e-3, key  # a clear argmax
-        assert len(np.unique(last)) > 0.99 * m.n_vocab
+        assert len(np.unique(last)) > 0.99 * len(text_ids)
         # The context matters: each position predicts something different.
         assert len({int(np.argmax(row)) for row in scores}) > 1
+
+
+def test_non_text_tokens_are_suppressed_unless_asked(models, tmp_path):
+    m = models["a"]
+    assert set(m.suppressed) == {*range(3, 259), m.vocab.unk_id, m.vocab.bos_id,
+                                 m.vocab.im_start_id}
+    scores = _logits(_llm(m.path), "unicode: é ü 中文, then <0x41> hello\n" * 2)
+    text_ids = np.setdiff1d(np.arange(m.n_vocab), m.suppressed)
+    gap = scores[:, text_ids].max(axis=1) - scores[:, list(m.suppressed)].max(axis=1)
+    assert gap.min() > 20.0
+    raw = write_tiny_gguf(tmp_path / "raw.gguf", seed=1, suppress_non_text=False)
+    assert raw.suppressed == ()
+    scores = _logits(_llm(raw.path), "unicode: é ü 中文, then <0x41> hello\n" * 2)
+    assert (scores[:, list(m.suppressed)].max(axis=1) > scores[:, text_ids].max(axis=1)).any()
 
 
 def test_same_arguments_same_bytes_other_seed_same_tokenizer(models):
@@ -135,8 +151,10 @@ def test_gateway_llama_cpp_client_serves_it(models):
     """Loaded from a plain path through the model store, greedy chat follows argmax."""
     m = models["a"]
     assert resolve(str(m.path), progress=False) == m.path
-    cfg = LlamaCppModelConfig(backend="llama_cpp", model=str(m.path), n_ctx=256,
-                              n_threads=1, parallel=1)
+    cfg = parse_config(yaml.safe_load(
+        f"models:\n  tiny: {{backend: llama_cpp, model: '{m.path}', n_ctx: 256, n_threads: 1,"
+        " parallel: 1}\nrouting: {default: tiny}\n"
+    )).models["tiny"]
     messages = [{"role": "user", "content": "hello"}]
 
     async def go() -> tuple[dict, list[dict]]:

@@ -23,6 +23,9 @@ import numpy as np
 # SentencePiece token types, as llama.cpp reads them (tokenizer.ggml.token_type).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
+_BIAS_CHANNEL = 4.0  # constant residual value that carries the suppression "bias"
+_SUPPRESS = 5.0  # suppressed rows' weight on it, in units of logit_std
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -72,6 +75,12 @@ class TinyVocab:
     @property
     def eos_id(self) -> int:
         return 2
+
+    @property
+    def non_text_ids(self) -> tuple[int, ...]:
+        """Tokens a sensible answer never holds: bytes, ``<unk>``, ``<s>``, ``<|im_start|>``."""
+        return tuple(i for i, t in enumerate(self.types) if t in (UNKNOWN, BYTE)) + (
+            self.bos_id, self.im_start_id)
 
     @property
     def im_start_id(self) -> int:
@@ -127,6 +136,7 @@ class TinyModel:
     n_vocab: int  # rows of the embedding/output matrices: len(vocab) + n_pad
     n_pad: int
     seed: int
+    suppressed: tuple[int, ...]  # ids whose logits are pushed far down (non-text tokens)
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -151,6 +161,7 @@ def write_tiny_gguf(
     n_ctx_train: int = 2048,
     logit_std: float = 4.0,
     pad_logit_scale: float = 1.0,
+    suppress_non_text: bool = True,
     dtype: str = "f32",
 ) -> TinyModel:
     """Write a tiny llama GGUF to ``path`` and describe it.
@@ -158,8 +169,11 @@ def write_tiny_gguf(
     Weights are Gaussian from ``np.random.default_rng(seed)``. The output matrix is scaled
     so raw logits have standard deviation about ``logit_std`` (distinct tokens, a clear
     argmax); the ``n_pad`` padding rows are scaled again by ``pad_logit_scale`` (0 makes
-    their logits exactly 0). ``dtype`` is "f32" or "f16" for the matrices (norms stay
-    f32, as llama.cpp wants).
+    their logits exactly 0). With ``suppress_non_text`` the byte, ``<unk>``, ``<s>`` and
+    ``<|im_start|>`` rows get logits far below the rest, so greedy text is made of whole
+    pieces (valid UTF-8, the same as text or as ids); ``</s>`` and ``<|im_end|>`` stay
+    ordinary, so generations can end on their own. ``dtype`` is "f32" or "f16" for the
+    matrices (norms stay f32, as llama.cpp wants).
     """
     import gguf  # test dependency, imported on use
 
@@ -207,28 +221,52 @@ def write_tiny_gguf(
     writer.add_chat_template(CHAT_TEMPLATE)
 
     ones = np.ones(n_embd, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", mat(n_vocab, n_embd, 1.0))
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        writer.add_tensor(p + "attn_norm.weight", ones)
-        writer.add_tensor(p + "attn_q.weight", mat(n_head * head_dim, n_embd, n_embd ** -0.5))
-        writer.add_tensor(p + "attn_k.weight", mat(n_head_kv * head_dim, n_embd, n_embd ** -0.5))
-        writer.add_tensor(p + "attn_v.weight", mat(n_head_kv * head_dim, n_embd, n_embd ** -0.5))
-        writer.add_tensor(p + "attn_output.weight", mat(n_embd, n_head * head_dim, n_embd ** -0.5))
-        writer.add_tensor(p + "ffn_norm.weight", ones)
-        writer.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd, n_embd ** -0.5))
-        writer.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd, n_embd ** -0.5))
-        writer.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff, n_ff ** -0.5))
-    writer.add_tensor("output_norm.weight", ones)
+    hidden_std = n_embd ** -0.5
+    embd = mat(n_vocab, n_embd, 1.0)
+    layers = []
+    for _ in range(n_layer):
+        layers.append({
+            "attn_q": mat(n_head * head_dim, n_embd, hidden_std),
+            "attn_k": mat(n_head_kv * head_dim, n_embd, hidden_std),
+            "attn_v": mat(n_head_kv * head_dim, n_embd, hidden_std),
+            "attn_output": mat(n_embd, n_head * head_dim, hidden_std),
+            "ffn_gate": mat(n_ff, n_embd, hidden_std),
+            "ffn_up": mat(n_ff, n_embd, hidden_std),
+            "ffn_down": mat(n_embd, n_ff, n_ff ** -0.5),
+        })
     # After the final RMS norm the hidden state has unit RMS, so a row with entries of
     # standard deviation s gives a logit of standard deviation s * sqrt(n_embd).
-    out = rng.standard_normal((n_vocab, n_embd), dtype=np.float32) * (logit_std * n_embd ** -0.5)
+    out = rng.standard_normal((n_vocab, n_embd), dtype=np.float32) * (logit_std * hidden_std)
     if n_pad:
         out[len(voc):] *= pad_logit_scale
+    suppressed = voc.non_text_ids if suppress_non_text else ()
+    if suppressed:
+        # llama has no biases, so residual channel 0 carries a constant instead: every
+        # embedding holds _BIAS_CHANNEL there and no layer writes to it, so after the
+        # final norm it is positive at every position; a large negative output weight on
+        # it pushes the suppressed rows far below the rest.
+        embd[:, 0] = _BIAS_CHANNEL
+        for w in layers:
+            w["attn_output"][0, :] = 0
+            w["ffn_down"][0, :] = 0
+        out[:, 0] = 0
+        out[list(suppressed), 0] = -_SUPPRESS * logit_std
+
+    writer.add_tensor("token_embd.weight", embd)
+    for i, w in enumerate(layers):
+        p = f"blk.{i}."
+        writer.add_tensor(p + "attn_norm.weight", ones)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(p + name + ".weight", w[name])
+        writer.add_tensor(p + "ffn_norm.weight", ones)
+        for name in ("ffn_gate", "ffn_up", "ffn_down"):
+            writer.add_tensor(p + name + ".weight", w[name])
+    writer.add_tensor("output_norm.weight", ones)
     writer.add_tensor("output.weight", out.astype(wtype))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return TinyModel(path=path, vocab=voc, n_vocab=n_vocab, n_pad=n_pad, seed=seed)
+    return TinyModel(path=path, vocab=voc, n_vocab=n_vocab, n_pad=n_pad, seed=seed,
+                     suppressed=tuple(suppressed))

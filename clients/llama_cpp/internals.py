@@ -24,9 +24,11 @@ def logits_row(ctx, index: int, n_vocab: int) -> np.ndarray:
 
 
 def new_parallel_context(llm: llama_cpp.Llama, n_ctx_per_seq: int, n_seq: int, n_batch: int,
-                         n_threads: int):
+                         n_threads: int, flash_attn: bool | None = None):
     """A second llama.cpp context on ``llm``'s weights holding ``n_seq`` sequences, each with
-    its own ``n_ctx_per_seq`` window (non-unified KV cache), for batched decoding."""
+    its own ``n_ctx_per_seq`` window (non-unified KV cache), for batched decoding.
+    ``flash_attn`` None lets llama.cpp choose; False matches ``Llama()``'s default numerics
+    (flash attention on the CPU accumulates in f16: logits move by ~1e-2)."""
     from llama_cpp import _internals
 
     params = llama_cpp.llama_context_default_params()
@@ -38,6 +40,9 @@ def new_parallel_context(llm: llama_cpp.Llama, n_ctx_per_seq: int, n_seq: int, n
     params.n_threads_batch = n_threads
     params.kv_unified = False
     params.no_perf = True
+    if flash_attn is not None:
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
     batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=n_seq, verbose=False)
     return ctx, batch

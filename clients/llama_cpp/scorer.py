@@ -72,7 +72,10 @@ class LlamaScorer(TokenScorer):
         self._n_vocab = llm.n_vocab()
         self.n_ctx = n_ctx
         self.n_batch = n_batch
-        self.ctx, self.batch = new_parallel_context(llm, n_ctx, n_seq, n_batch, n_threads)
+        # Exact numerics (no flash attention): proxy-tuning adds three models' scores and
+        # its tests compare them with plain llama-cpp-python.
+        self.ctx, self.batch = new_parallel_context(llm, n_ctx, n_seq, n_batch, n_threads,
+                                                    flash_attn=False)
         self.free_slots: asyncio.Queue[int] = asyncio.Queue()
         for i in range(n_seq):
             self.free_slots.put_nowait(i)

@@ -1,0 +1,223 @@
+"""Proxy-tuning end to end on tiny GGUF models written by the tests: the scorers' fused
+scores equal ``base + alpha * (expert - anti)`` computed independently with plain
+llama-cpp-python, greedy decoding through the gateway (official SDK) follows their
+argmax token for token, the remote modes agree with the reference against real servers,
+and a vocabulary mismatch is refused with a clear message."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from clients.proxy_tuning import fusion
+from clients.scoring import log_softmax
+from server.config import parse_config
+from server.runtime import Runtime
+from tests.support.servers import start_gateway
+from tests.support.tiny_gguf import write_tiny_gguf
+
+ALPHA = 0.7
+EXPERT_SYSTEM = "You are an expert."
+QUESTION = "hello world what is the answer"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    return {
+        "base": write_tiny_gguf(d / "base.gguf", seed=3, n_embd=64, n_pad=8),
+        "expert": write_tiny_gguf(d / "expert.gguf", seed=1),
+        "anti": write_tiny_gguf(d / "anti.gguf", seed=2),
+        "alt": write_tiny_gguf(d / "alt.gguf", seed=4, vocab="alt"),
+    }
+
+
+def tiny_config(tiny, proxies: dict, extra_models: dict | None = None) -> dict:
+    local = {"backend": "llama_cpp", "n_ctx": 512, "parallel": 2, "n_threads": 1}
+    return {
+        "models": {
+            "base": {**local, "model": str(tiny["base"].path)},
+            "expert": {**local, "model": str(tiny["expert"].path)},
+            "anti": {**local, "model": str(tiny["anti"].path)},
+            **(extra_models or {}),
+            **{name: {"backend": "proxy_tuning", "expert": "expert", "anti_expert": "anti",
+                      "alpha": ALPHA, "expert_system": EXPERT_SYSTEM, "n_ctx": 512, **p}
+               for name, p in proxies.items()},
+        },
+        "routing": {"default": "expert"},
+    }
+
+
+def chatml(messages: list[dict]) -> str:
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + "<|im_start|>assistant\n"
+
+
+class Independent:
+    """Plain llama-cpp-python with ``logits_all``: the numbers the gateway must match."""
+
+    def __init__(self, tiny) -> None:
+        from llama_cpp import Llama
+
+        self.llms = {role: Llama(model_path=str(tiny[role].path), n_ctx=512, n_threads=1,
+                                 logits_all=True, verbose=False)
+                     for role in ("base", "expert", "anti")}
+        user = [{"role": "user", "content": QUESTION}]
+        expert = [{"role": "system", "content": EXPERT_SYSTEM}, *user]
+        tok = self.llms["expert"]
+        self.prompts = {
+            "base": tok.tokenize(chatml(user).encode(), add_bos=False, special=True),
+            "expert": tok.tokenize(chatml(expert).encode(), add_bos=False, special=True),
+            "anti": tok.tokenize(chatml(user).encode(), add_bos=False, special=True),
+        }
+
+    def row(self, role: str, generated: list[int]) -> np.ndarray:
+        llm = self.llms[role]
+        llm.reset()
+        llm.eval(self.prompts[role] + generated)
+        return log_softmax(np.array(llm.scores[llm.n_tokens - 1]))
+
+    def fused(self, generated: list[int]) -> np.ndarray:
+        return fusion.fused_full(self.row("base", generated), self.row("expert", generated),
+                                 self.row("anti", generated), ALPHA)
+
+    def greedy(self, n: int) -> tuple[list[int], str]:
+        """Tokens until end of generation or ``n``, and the finish reason."""
+        import llama_cpp
+
+        out: list[int] = []
+        vocab = self.llms["expert"]._model.vocab
+        while len(out) < n:
+            tok = int(np.argmax(self.fused(out)))
+            if llama_cpp.llama_vocab_is_eog(vocab, tok):
+                return out, "stop"
+            out.append(tok)
+        return out, "length"
+
+    def text(self, tokens: list[int]) -> str:
+        return self.llms["expert"].detokenize(tokens).decode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def independent(tiny):
+    return Independent(tiny)
+
+
+def test_scorers_fuse_exactly_what_plain_llama_cpp_computes(tiny, independent):
+    config = parse_config(tiny_config(tiny, {"pt": {"base": "base"}}))
+
+    async def run() -> None:
+        rt = Runtime(config, None, None)
+        await rt.start()
+        await rt.wait_loaded(60)
+        pt = rt.clients["pt"]
+        built = await pt._parts()
+        parts = built.parts
+        sessions = {role: await getattr(parts, role).open()
+                    for role in ("base", "expert", "anti")}
+        generated: list[int] = []
+        for step in range(6):
+            rows = {}
+            for role, s in sessions.items():
+                feed = independent.prompts[role] if step == 0 else generated[-1:]
+                rows[role] = (await s.extend(feed))[0].logprobs
+            fused = fusion.fused_full(rows["base"], rows["expert"], rows["anti"], ALPHA)
+            expected = independent.fused(generated)
+            assert fused.shape == expected.shape == (tiny["expert"].n_vocab,)  # pad rows cut
+            np.testing.assert_allclose(fused, expected, atol=2e-4)
+            generated.append(int(np.argmax(expected)))
+        for s in sessions.values():
+            await s.close()
+        await rt.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def tiny_gateway(tiny, tmp_path_factory):
+    config = tiny_config(tiny, {"pt": {"base": "base"}, "pt-spec-local":
+                                {"base": "base", "mode": "speculative"}})
+    server = start_gateway(config, tmp_path_factory.mktemp("gw"), name="tiny-gateway")
+    yield server
+    server.stop()
+
+
+def sdk(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
+                         timeout=60)
+
+
+def ask(client: openai.OpenAI, model: str, **kw):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": QUESTION}], temperature=0, **kw)
+
+
+def test_greedy_through_the_gateway_follows_the_fused_argmax(tiny_gateway, independent):
+    tokens, reason = independent.greedy(40)
+    resp = ask(sdk(tiny_gateway), "pt", max_tokens=40)
+    choice = resp.choices[0]
+    assert choice.message.content == independent.text(tokens)
+    assert choice.finish_reason == reason
+    assert resp.usage.completion_tokens == len(tokens)
+    assert resp.model == "pt"
+
+
+def test_streaming_stop_and_listing(tiny_gateway, independent):
+    client = sdk(tiny_gateway)
+    whole = ask(client, "pt", max_tokens=30).choices[0].message.content
+    chunks = list(ask(client, "pt", max_tokens=30, stream=True,
+                      stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert len(whole) > 8
+    stop = whole[len(whole) // 2: len(whole) // 2 + 3]
+    cut = ask(client, "pt", max_tokens=30, stop=[stop]).choices[0]
+    assert cut.message.content == whole[: whole.index(stop)]
+    assert cut.finish_reason == "stop"
+    assert "pt" in [m.id for m in client.models.list().data]
+
+
+def test_local_speculative_schedule_gives_the_same_tokens(tiny_gateway):
+    client = sdk(tiny_gateway)
+    a = ask(client, "pt", max_tokens=40).choices[0].message.content
+    b = ask(client, "pt-spec-local", max_tokens=40).choices[0].message.content
+    assert a == b
+
+
+def test_unsupported_options_are_clear_400s(tiny_gateway):
+    client = sdk(tiny_gateway)
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, "pt", n=2)
+    assert "n must be 1" in err.value.message
+    with pytest.raises(openai.BadRequestError):
+        ask(client, "pt", tools=[{"type": "function", "function": {"name": "f",
+                                                                    "parameters": {}}}])
+
+
+def test_vocabulary_mismatch_is_refused_with_a_clear_message(tiny, tmp_path_factory):
+    config = tiny_config(tiny, {"bad": {"base": "base"}},
+                         extra_models={"alt": {"backend": "llama_cpp", "n_ctx": 512,
+                                               "model": str(tiny["alt"].path)}})
+    config["models"]["bad"]["anti_expert"] = "alt"
+    server = start_gateway(config, tmp_path_factory.mktemp("bad"), name="mismatch",
+                           ready_path="/health")
+    try:
+        detail = ""
+        for _ in range(100):
+            state = httpx.get(server.url + "/ready", timeout=5).json()
+            detail = state["models"]["bad"]["detail"]
+            if detail != "loading":
+                break
+            asyncio.run(asyncio.sleep(0.1))
+        assert "do not share a vocabulary" in detail and "'alt'" in detail
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(sdk(server), "bad", max_tokens=4)
+        assert err.value.status_code == 503
+        assert "do not share a vocabulary" in err.value.message
+    finally:
+        server.stop()

@@ -21,6 +21,12 @@ class Router(abc.ABC):
     def p_strong(self, messages: Conversation) -> float:
         """Probability in [0, 1] that the strong (cloud) model's answer is needed."""
 
+    def threshold_for(self, cloud_fraction: float) -> float:
+        """The threshold that sends ``cloud_fraction`` of typical traffic to the strong
+        model; raises ValueError when this router has nothing to calibrate on."""
+        raise ValueError(f"{type(self).__name__} cannot turn a cloud_fraction into a "
+                         "threshold; configure routing.router.threshold")
+
 
 RouterFactory = Callable[..., Router]
 ROUTERS: dict[str, RouterFactory] = {}
@@ -44,13 +50,28 @@ class RandomRouter(Router):
     def p_strong(self, messages: Conversation) -> float:
         return self._rng.random()
 
+    def threshold_for(self, cloud_fraction: float) -> float:
+        return 1.0 - cloud_fraction  # uniform scores: exact, no calibration needed
+
 
 class LearnedRouter(Router):
-    """An embedder and a trained scorer over the conversation text."""
+    """An embedder and a trained scorer over the conversation text; ``calibration`` holds
+    scores of prompts the scorer was not fitted on (from its checkpoint)."""
 
-    def __init__(self, embedder, scorer) -> None:
+    def __init__(self, embedder, scorer, calibration=None, source: str = "") -> None:
         self.embedder = embedder
         self.scorer = scorer
+        self.calibration = calibration
+        self.source = source
+
+    def threshold_for(self, cloud_fraction: float) -> float:
+        from routers.evaluate import threshold_for_fraction
+
+        if self.calibration is None:
+            raise ValueError(f"{self.source or 'this router'}: no calibration scores stored; "
+                             "run `tandem router calibrate --ckpt CKPT --prompts FILE --save` "
+                             "or configure routing.router.threshold")
+        return threshold_for_fraction(self.calibration, cloud_fraction)
 
     def p_strong(self, messages: Conversation) -> float:
         from routers.embed import conversation_text
@@ -82,4 +103,4 @@ def load_router(kind: str, checkpoint_path: str | None, embedder) -> Router:
     if meta["kind"] != kind:
         raise checkpoint.CheckpointError(
             f"{checkpoint_path}: holds a '{meta['kind']}' router, configured as '{kind}'")
-    return LearnedRouter(embedder, scorer)
+    return LearnedRouter(embedder, scorer, meta["calibration_scores"], str(checkpoint_path))

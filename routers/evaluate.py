@@ -44,3 +44,20 @@ def summary(p_strong: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> dict[
 def threshold_for_fraction(scores: np.ndarray, cloud_fraction: float) -> float:
     """Calibration: the (1 − fraction) quantile of scores sends that fraction to the cloud."""
     return float(np.quantile(np.asarray(scores, float), 1.0 - cloud_fraction))
+
+
+def curves(p_strong: np.ndarray, weak: np.ndarray, strong: np.ndarray,
+           random_seeds: int = 20) -> dict:
+    """Quality and PGR against the cloud fraction for the router, random routing (mean of
+    ``random_seeds`` shuffles) and the oracle (knows each prompt's gain), plus their APGRs."""
+    weak, strong = np.asarray(weak, float), np.asarray(strong, float)
+    f, router = pgr_curve(np.asarray(p_strong, float), weak, strong)
+    rand = np.mean([pgr_curve(np.random.default_rng(s).random(len(weak)), weak, strong)[1]
+                    for s in range(random_seeds)], axis=0)
+    oracle = pgr_curve(strong - weak, weak, strong)[1]
+    lo, hi = weak.mean(), strong.mean()
+    return {"fractions": f, "pgr": {"router": router, "random": rand, "oracle": oracle},
+            "quality": {k: lo + v * (hi - lo) for k, v in
+                        (("router", router), ("random", rand), ("oracle", oracle))},
+            "weak": lo, "strong": hi, "random_apgr": apgr(f, rand),
+            "oracle_apgr": apgr(f, oracle)}

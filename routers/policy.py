@@ -42,7 +42,7 @@ class Policy:
     def __init__(self, models: list[str], default: str, fallback: list[str],
                  aliases: dict[str, str] | None = None, routers: dict[str, Router] | None = None,
                  strong: str | None = None, weak: str | None = None,
-                 policy_router: tuple[str, float] | None = None,
+                 policy_router: tuple[str, float, str] | None = None,
                  weak_context: int | None = None) -> None:
         self.models = list(models)
         self.default = default
@@ -50,7 +50,7 @@ class Policy:
         self.aliases = dict(aliases or {})
         self.routers = dict(routers or {})
         self.strong, self.weak = strong, weak
-        self.policy_router = policy_router  # (kind, threshold) used by `tandem`
+        self.policy_router = policy_router  # (kind, threshold, where from) for `tandem`
         self.weak_context = weak_context
 
     @classmethod
@@ -65,7 +65,7 @@ class Policy:
         if r.weak and getattr(config.models[r.weak], "n_ctx", None):
             weak_ctx = config.models[r.weak].n_ctx
         return cls(list(config.models), r.default, r.fallback, r.aliases, routers, r.strong,
-                   r.weak, (r.router.kind, r.router.threshold) if r.router else None, weak_ctx)
+                   r.weak, _policy_plan(r.router, routers), weak_ctx)
 
     def names(self) -> list[str]:
         """Every name a caller may ask for, in the order /v1/models lists them."""
@@ -73,8 +73,9 @@ class Policy:
         routed = [f"router-{k}-0.5" for k in sorted(self.routers)]
         return [POLICY_NAME, *self.models, *extra, *routed]
 
-    def _router_for(self, requested: str) -> tuple[str, float] | None:
-        """(kind, threshold) when ``requested`` is decided by a router, else None."""
+    def _router_for(self, requested: str) -> tuple[str, float, str] | None:
+        """(kind, threshold, where the threshold came from) when ``requested`` is decided
+        by a router, else None."""
         if requested == POLICY_NAME:
             return self.policy_router
         m = ROUTER_NAME.match(requested)
@@ -83,14 +84,14 @@ class Policy:
         kind, threshold = m.group(1), float(m.group(2))
         if kind not in self.routers or not 0.0 <= threshold <= 1.0:
             raise ModelNotFound(requested, self.names())
-        return kind, threshold
+        return kind, threshold, "model name"
 
     async def route(self, requested: str, body: dict[str, Any]) -> Decision:
         """``decide``, plus the routers: scoring runs in a worker thread (it embeds)."""
         plan = self._router_for(requested)
         if plan is None:
             return self.decide(requested, body)
-        kind, threshold = plan
+        kind, threshold, source = plan
         messages = body.get("messages") or []
         if self.weak_context and self.strong:
             chars = len(conversation_text(messages, budget_chars=10**9))
@@ -103,7 +104,8 @@ class Policy:
         target = self.strong if p >= threshold else self.weak
         op = ">=" if p >= threshold else "<"
         return Decision(self.chain_from(target),
-                        f"router {kind} p_strong={p:.3f} {op} {threshold} -> '{target}'",
+                        f"router {kind} p_strong={p:.3f} {op} {threshold:.4g} ({source}) "
+                        f"-> '{target}'",
                         f"router-{kind}", score=p)
 
     def chain_from(self, model: str) -> tuple[str, ...]:
@@ -128,3 +130,14 @@ class Policy:
             return Decision(self.chain_from(self.weak or self.default),
                             f"router name '{requested}'", "router")
         raise ModelNotFound(requested, self.names())
+
+
+def _policy_plan(cfg, routers: dict[str, Router]) -> tuple[str, float, str] | None:
+    """`tandem`'s (kind, threshold, where from): the configured threshold, or the one that
+    sends ``cloud_fraction`` of the router's calibration prompts to the strong model."""
+    if cfg is None:
+        return None
+    if cfg.threshold is not None:
+        return cfg.kind, cfg.threshold, "configured threshold"
+    threshold = routers[cfg.kind].threshold_for(cfg.cloud_fraction)
+    return cfg.kind, threshold, f"threshold for cloud_fraction {cfg.cloud_fraction:g}"

@@ -151,9 +151,17 @@ def _router(args: argparse.Namespace) -> int:
     elif args.router_command == "train":
         result = tools.train(args.kind, args.labels, args.out, args.embedder, args.holdout)
     elif args.router_command == "eval":
-        result = tools.evaluate(args.ckpt, args.labels)
+        from routers import report
+
+        result, curves = tools.evaluate(args.ckpt, args.labels)
+        print("\n".join(report.table(curves)))
+        if args.plot and report.draw(curves, args.plot, f"{result['kind']} router, "
+                                     f"{result['labels']} (n={result['n']})"):
+            result["plot"] = args.plot
+        elif args.plot:
+            print("# no PNG: matplotlib is not installed (pip install 'tandem-gateway[plot]')")
     else:
-        t = tools.calibrate(args.ckpt, args.prompts, args.cloud_fraction)
+        t = tools.calibrate(args.ckpt, args.prompts, args.cloud_fraction, args.save)
         print(f"routing.router.threshold: {t:.4f}  # sends ~{args.cloud_fraction:.0%} to the "
               "strong model on these prompts")
         result = {"threshold": round(t, 6), "cloud_fraction": args.cloud_fraction}
@@ -219,12 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout", type=float, default=0.2,
                     help="fraction kept out of training and evaluated")
     ev = rsub.add_parser("eval", help="APGR, CPT(50%%), CPT(80%%) on a label file")
-    ev.add_argument("--ckpt", required=True)
-    ev.add_argument("--labels", required=True)
+    ev.add_argument("--ckpt", help="default: the shipped default checkpoint")
+    ev.add_argument("--labels", help="default: the held-out split the checkpoint never saw")
+    ev.add_argument("--plot", default="router-eval.png",
+                    help="PNG of quality vs %% cloud calls ('' for none)")
     ca = rsub.add_parser("calibrate", help="threshold for a share of cloud calls")
     ca.add_argument("--ckpt", required=True)
     ca.add_argument("--prompts", required=True)
     ca.add_argument("--cloud-fraction", type=float, required=True)
+    ca.add_argument("--save", action="store_true",
+                    help="store these prompts' scores in the checkpoint: a configured "
+                    "routing.router.cloud_fraction then follows them")
     for p in (lb, tr, ev, ca):
         p.set_defaults(func=_router)
 

@@ -64,8 +64,21 @@ ModelConfig = Annotated[
 
 
 class PolicyRouterConfig(_Strict):
+    """The router behind ``tandem``, and either its threshold or the share of cloud calls
+    wanted (turned into a threshold from the checkpoint's stored calibration scores)."""
+
     kind: str = Field(description="random, mf, knn or classifier")
-    threshold: float = Field(0.5, ge=0, le=1, description="p_strong >= threshold -> strong")
+    threshold: float | None = Field(None, ge=0, le=1,
+                                    description="p_strong >= threshold -> strong")
+    cloud_fraction: float | None = Field(
+        None, ge=0, le=1, description="share of requests for the strong model; threshold = "
+        "the (1 - fraction) quantile of the checkpoint's calibration scores")
+
+    @model_validator(mode="after")
+    def _one_way_to_decide(self) -> "PolicyRouterConfig":
+        if (self.threshold is None) == (self.cloud_fraction is None):
+            raise ValueError("give exactly one of threshold or cloud_fraction")
+        return self
 
 
 class RoutingConfig(_Strict):

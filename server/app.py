@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from clients.errors import InvalidRequest, TandemError
 from server.auth import AuthMiddleware, hash_key
+from server.completions import handle_completion
 from server.config import ConfigError, GatewayConfig
 from server.errors import install_error_handlers
 from server.middleware import RequestContextMiddleware
@@ -81,6 +82,11 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
         return await holder.current.service.handle(request)
 
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+
+    async def completions(request: Request) -> Response:
+        return await handle_completion(holder.current, request)
+
+    app.add_route("/v1/completions", completions, methods=["POST"])
 
     @app.get("/v1/models")
     async def list_models() -> Response:

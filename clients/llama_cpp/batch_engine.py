@@ -11,6 +11,12 @@ Prefix cache: a finished sequence leaves its KV cells in its slot; a new request
 the free slot sharing the longest token prefix with its prompt and only evaluates the
 rest (a multi-turn chat re-sends its history, a system prompt repeats on every call),
 as llama.cpp's server does with ``cache_prompt``.
+
+Prompt logprobs (``/v1/completions``): a sequence with a ``prompt_logits`` callback gets
+logits at every prompt position, handed to the callback right after the decode (in this
+thread, while the row is valid). It never reuses cached KV, whose logits are gone, and
+takes the free slot with the least cached, so the chat caches survive. Sequences
+without the callback run exactly as before.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from clients.llama_cpp.internals import (
 log = logging.getLogger("tandem.llama_cpp")
 
 Emit = Callable[[tuple], None]
+# (position p, logits row after prompt token p): the distribution of prompt token p + 1.
+PromptLogits = Callable[[int, Any], None]
 
 
 @dataclass(eq=False)
@@ -49,6 +57,7 @@ class Sequence:
     emit: Emit  # receives ("delta", index, Delta) and ("finish", index, reason, n_tokens)
     cancel: threading.Event
     index: int = 0
+    prompt_logits: PromptLogits | None = None
     # engine state
     seq_id: int = -1
     n_past: int = 0
@@ -124,7 +133,7 @@ class BatchEngine:
             seq = self._queue.popleft()
             if seq.cancel.is_set():
                 continue
-            seq.seq_id, seq.n_past = self._pick_slot(seq.prompt)
+            seq.seq_id, seq.n_past = self._pick_slot(seq.prompt, seq.prompt_logits is None)
             seq.fed = list(seq.prompt[: seq.n_past])
             # Plain greedy needs no sampler chain: an argmax over the logits row is
             # ~6x cheaper than llama.cpp's candidate-array copy for a 151k vocabulary.
@@ -132,10 +141,14 @@ class BatchEngine:
             seq.text = TextAssembler(self.llm, seq.params)
             self._active.append(seq)
 
-    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
-        """The free slot with the longest cached prefix of ``prompt``, and that length."""
+    def _pick_slot(self, prompt: list[int], reuse_ok: bool = True) -> tuple[int, int]:
+        """The free slot with the longest cached prefix of ``prompt``, and that length;
+        without ``reuse_ok``, the slot with the least cached and 0."""
         best, best_len = self._free_ids[0], -1
-        for sid in self._free_ids:
+        if not reuse_ok:
+            best = min(self._free_ids, key=lambda sid: len(self._slot_tokens.get(sid, ())))
+            best_len = 0
+        for sid in self._free_ids if reuse_ok else ():
             n = _common_prefix(self._slot_tokens.get(sid, ()), prompt)
             if n > best_len:
                 best, best_len = sid, n
@@ -169,23 +182,34 @@ class BatchEngine:
                 seq.fed.append(seq.next_token)
                 seq.n_past += 1
                 budget -= 1
+        scored: list[tuple[Sequence, int, int]] = []  # (seq, position, batch index)
         for seq in self._active:  # then prompt chunks, oldest first
             if budget <= 0:
                 break
             if not seq.prefilling:
                 continue
             end = min(len(seq.prompt), seq.n_past + budget)
+            last = len(seq.prompt) - 1
+            every = seq.prompt_logits is not None
             for pos in range(seq.n_past, end):
                 idx = batch_add(self.batch, seq.prompt[pos], pos, seq.seq_id,
-                                pos == len(seq.prompt) - 1)
+                                every or pos == last)
+                if every and pos < last:
+                    scored.append((seq, pos, idx))
             budget -= end - seq.n_past
             seq.fed.extend(seq.prompt[seq.n_past:end])
             seq.n_past = end
             if not seq.prefilling:
                 seq.batch_index = idx
         self.ctx.decode(self.batch)
+        for seq, pos, idx in scored:
+            seq.prompt_logits(pos, logits_row(self.ctx, idx, self.n_vocab))
         for seq in list(self._active):
             if seq.batch_index < 0:
+                continue
+            if seq.params.max_tokens <= 0:  # prompt scoring only (echo, max_tokens 0)
+                self._release(seq)
+                seq.emit(("finish", seq.index, "length", 0))
                 continue
             logits = None
             if seq.sampler is None:

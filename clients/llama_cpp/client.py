@@ -9,7 +9,6 @@ that goes away sets the cancel flag, checked by the engine at every step.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import threading
@@ -27,7 +26,8 @@ from clients.base import (
 )
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp.batch_engine import BatchEngine, Sequence
-from clients.llama_cpp.decoding import SamplingParams
+from clients.llama_cpp import completion
+from clients.llama_cpp.decoding import SamplingParams, seeded
 from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
 
 def _grammar_for(response_format: dict | None):
@@ -61,7 +61,8 @@ class _Loaded:
 
 @register_backend("llama_cpp")
 class LlamaCppClient(ChatClient):
-    capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=True)
+    capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=True,
+                                completions=True)
 
     def __init__(self, name: str, config) -> None:
         super().__init__(name)
@@ -71,6 +72,7 @@ class LlamaCppClient(ChatClient):
         self._load_error: str | None = None
         self._load_task: asyncio.Task | None = None
         self.model_path: str | None = None
+        self._pieces: dict[int, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def _load(self) -> None:
@@ -211,15 +213,35 @@ class LlamaCppClient(ChatClient):
         Yields ("tools", bool) first, then ("delta", i, Delta) / ("finish", i, reason, n)
         as they come, then ("usage", prompt_tokens, completion_tokens).
         """
-        model = await self._loaded()
-        engine = model.engine
-        if engine.waiting() >= self.max_queue:
-            raise Overloaded(
-                f"local model '{self.name}' has {engine.waiting()} requests waiting; retry later",
-                headers={"retry-after": "1"},
-            )
+        await self.admit()
         # Template rendering and tokenization are CPU work: off the event loop.
         prompt, params, use_tools = await asyncio.to_thread(self._prepare, body)
+        n = body.get("n") or 1
+        sequences = [Sequence(prompt, seeded(params, index, n), None, None, index=index)
+                     for index in range(n)]
+        yield ("tools", use_tools)
+        relay = self.relay(sequences, len(prompt))
+        try:
+            async for event in relay:
+                yield event
+        finally:
+            await relay.aclose()  # cancels what still runs when the caller left
+
+    async def admit(self) -> _Loaded:
+        """The loaded model, or 429 when too many requests already wait for it."""
+        model = await self._loaded()
+        if model.engine.waiting() >= self.max_queue:
+            raise Overloaded(
+                f"local model '{self.name}' has {model.engine.waiting()} requests waiting; "
+                "retry later", headers={"retry-after": "1"},
+            )
+        return model
+
+    async def relay(self, sequences: list[Sequence], prompt_tokens: int) -> AsyncIterator[tuple]:
+        """Submit ``sequences`` (their ``emit``/``cancel`` are set here) and yield their
+        events: ("delta", i, Delta) / ("finish", i, reason, n) as they come, then
+        ("usage", prompt_tokens, completion_tokens). Leaving early cancels the rest."""
+        engine = self._model.engine
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -230,14 +252,10 @@ class LlamaCppClient(ChatClient):
             except RuntimeError:  # loop closed: the caller is long gone
                 cancel.set()
 
-        n = body.get("n") or 1
-        for index in range(n):
-            p = params
-            if n > 1:
-                p = dataclasses.replace(
-                    params, seed=None if params.seed is None else params.seed + index)
-            engine.submit(Sequence(prompt, p, emit, cancel, index=index))
-        yield ("tools", use_tools)
+        for seq in sequences:
+            seq.emit, seq.cancel = emit, cancel
+            engine.submit(seq)
+        n = len(sequences)
         finished, completion_tokens = 0, 0
         try:
             while finished < n:
@@ -249,11 +267,25 @@ class LlamaCppClient(ChatClient):
                     finished += 1
                     completion_tokens += event[3]
                 yield event
-            yield ("usage", len(prompt), completion_tokens)
+            yield ("usage", prompt_tokens, completion_tokens)
         finally:
             cancel.set()  # no-op when all finished; stops the rest when the caller left
 
+    def token_text(self, token: int) -> str:
+        """One token's text, special tokens spelled out (logprobs, vLLM's decoded_token)."""
+        text = self._pieces.get(token)
+        if text is None:
+            piece = self._model.llm.detokenize([token], special=True)
+            text = self._pieces[token] = piece.decode("utf-8", "replace")
+        return text
+
     # -- OpenAI shapes --------------------------------------------------------------------
+    async def complete(self, body: ChatBody) -> dict:
+        return await completion.complete(self, body)
+
+    def complete_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        return completion.complete_stream(self, body)
+
     async def chat(self, body: ChatBody) -> dict:
         n = body.get("n") or 1
         texts = [[] for _ in range(n)]

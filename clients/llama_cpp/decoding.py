@@ -5,7 +5,9 @@ partial match, logprobs read from llama.cpp's logits row without ``logits_all``)
 from __future__ import annotations
 
 import codecs
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import llama_cpp
 import numpy as np
@@ -29,6 +31,16 @@ class SamplingParams:
     top_logprobs: int = 0
     logit_bias: dict[int, float] | None = None
     grammar: "llama_cpp.LlamaGrammar | None" = None
+    # With ``logprobs``: (token, logits row) -> the record a delta carries; None gives
+    # the chat format. /v1/completions passes its own (ids and ranks, legacy format).
+    score_token: Callable[[int, np.ndarray], Any] | None = None
+
+
+def seeded(params: SamplingParams, index: int, n: int) -> SamplingParams:
+    """The parameters of choice ``index`` of ``n``: its own seed, so choices differ."""
+    if n == 1 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=params.seed + index)
 
 
 @dataclass
@@ -148,7 +160,8 @@ class TextAssembler:
             return self._tail(), "stop"
         self.completion_tokens += 1
         if p.logprobs and logits is not None:
-            self.pending_lp.append(_logprob_entry(llm, token, logits, p.top_logprobs))
+            self.pending_lp.append(p.score_token(token, logits) if p.score_token is not None
+                                   else _logprob_entry(llm, token, logits, p.top_logprobs))
         text, stopped = self.stops.push(self.decoder.decode(llm.detokenize([token])))
         if stopped:
             delta = Delta(text, self.pending_lp) if text or self.pending_lp else None

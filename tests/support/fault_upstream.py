@@ -47,6 +47,7 @@ class FaultUpstream:
         app = Starlette(routes=[
             Route("/v1/models", self._models),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._legacy, methods=["POST"]),
         ])
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                      log_level="error", lifespan="off"))
@@ -84,6 +85,23 @@ class FaultUpstream:
 
     async def _models(self, _: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "fault", "object": "model"}]})
+
+    async def _legacy(self, request: Request) -> Response:
+        """Legacy completions: always a healthy answer (JSON or a two-event stream)."""
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        obj = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+               "model": "fault", "choices": [{"index": 0, "text": "fine", "logprobs": None,
+                                              "finish_reason": "length"}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+        if not body.get("stream"):
+            return JSONResponse(obj)
+
+        async def events():
+            yield b"data: " + json.dumps({**obj, "usage": None}).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()

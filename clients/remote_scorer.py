@@ -88,7 +88,7 @@ class RemoteScorer(TokenScorer):
             if positions > 1:
                 body["prompt_logprobs"] = k
         else:
-            body["echo"] = True
+            body["echo"] = positions > 1  # echo makes it score every prompt row: slow
             body["prompt"] = self.llm.detokenize(tokens, special=True).decode("utf-8", "replace")
             if self._table is None:
                 self._table = await asyncio.to_thread(piece_table, self.llm)
@@ -103,8 +103,10 @@ class RemoteScorer(TokenScorer):
             choice = payload["choices"][0]
             if self.dialect == "vllm":
                 rows = self._vllm_rows(choice, positions, top_k)
-            else:
+            elif positions > 1:
                 rows = self._echo_rows(choice, len(tokens), positions, top_k)
+            else:
+                rows = self._next_row(choice, payload.get("usage") or {}, len(tokens), top_k)
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise self._bad(f"its logprobs are missing or malformed ({err!r})") from None
         return rows
@@ -127,22 +129,38 @@ class RemoteScorer(TokenScorer):
         rows.append(self._scores(ranked, top_k))
         return rows
 
+    def _next_row(self, choice: dict, usage: dict, n_prompt: int, top_k: int | None
+                  ) -> list[NextTokenScores]:
+        seen = usage.get("prompt_tokens")
+        if seen is not None and seen - n_prompt not in (0, 1):  # 1: a BOS it added
+            raise ValueError(f"the server re-tokenized {n_prompt} prompt tokens as {seen}")
+        lp = choice["logprobs"]
+        return [self._named_row(lp["top_logprobs"][0], lp["tokens"][0], top_k)]
+
     def _echo_rows(self, choice: dict, n_prompt: int, positions: int, top_k: int | None
                    ) -> list[NextTokenScores]:
         lp = choice["logprobs"]
         tops, echoed = lp["top_logprobs"], lp["tokens"]
-        if len(echoed) != n_prompt + 1:
+        # llama-cpp-python pairs echo row j with the distribution *after* token j, unless
+        # it added a BOS token, whose row then shifts everything back into OpenAI's order.
+        # The generated token follows the echoed prompt unless it ended the text.
+        shift = 1 if self.llm._model.add_bos_token() else 0
+        if len(echoed) - n_prompt not in (shift, 1):
             raise ValueError(f"the server re-tokenized {n_prompt} prompt tokens as "
-                             f"{len(echoed) - 1}")
+                             f"{len(echoed)} echoed tokens")
+        return [self._named_row(tops[j], echoed[j], top_k)
+                for j in range(n_prompt - positions + shift, n_prompt + shift)]
+
+    def _named_row(self, top: dict[str, float], own: str, top_k: int | None
+                   ) -> NextTokenScores:
+        """A row keyed by token strings; llama-cpp-python adds the row's own token to its
+        top-k, which is dropped when it lies beyond the top-k (it would break the bound)."""
+        top = dict(top)
+        if len(top) > (top_k or self._n_vocab):
+            top.pop(own, None)
         table = self._table or {}
-        rows = []
-        for j in range(n_prompt - positions, n_prompt):
-            top = dict(tops[j] or {})
-            if len(top) > (top_k or self._n_vocab):
-                top.pop(echoed[j], None)  # the echoed token, added beyond the top-k
-            rows.append(self._scores([(table[t], v, None) for t, v in top.items()
-                                      if t in table], top_k))
-        return rows
+        return self._scores([(table[t], v, None) for t, v in top.items() if t in table],
+                            top_k)
 
     def _scores(self, ranked: list[tuple[int, float, int | None]],
                 top_k: int | None) -> NextTokenScores:

@@ -17,7 +17,7 @@ from clients.proxy_tuning import fusion
 from clients.scoring import log_softmax
 from server.config import parse_config
 from server.runtime import Runtime
-from tests.support.servers import start_gateway
+from tests.support.servers import start_gateway, start_llama_cpp_server
 from tests.support.tiny_gguf import write_tiny_gguf
 
 ALPHA = 0.7
@@ -146,9 +146,9 @@ def tiny_gateway(tiny, tmp_path_factory):
     server.stop()
 
 
-def sdk(server) -> openai.OpenAI:
+def sdk(server, timeout: float = 60) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0,
-                         timeout=60)
+                         timeout=timeout)
 
 
 def ask(client: openai.OpenAI, model: str, **kw):
@@ -221,3 +221,65 @@ def test_vocabulary_mismatch_is_refused_with_a_clear_message(tiny, tmp_path_fact
         assert "do not share a vocabulary" in err.value.message
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def remote_gateway(tiny, tmp_path_factory):
+    """Gateway whose proxy-tuned models reach the same tiny base in-process and through
+    Tandem's own /v1/completions (token ids, prompt_logprobs: what vLLM offers)."""
+    tmp = tmp_path_factory.mktemp("remote")
+    base_cfg = {"server": {"max_logprobs": -1},
+                "models": {"base": {"backend": "llama_cpp", "model": str(tiny["base"].path),
+                                    "n_ctx": 512, "n_threads": 1}},
+                "routing": {"default": "base"}}
+    tandem_base = start_gateway(base_cfg, tmp, name="tiny-base")
+    extra = {"tandem-base": {"backend": "openai", "model": "base", "max_retries": 0,
+                             "base_url": tandem_base.url + "/v1"}}
+    proxies = {"pt": {"base": "base"}}
+    for mode in MODES:
+        proxies[f"t-{mode}"] = {"base": "tandem-base", "mode": mode, "base_top_k": 3}
+    server = start_gateway(tiny_config(tiny, proxies, extra), tmp, name="remote-gateway")
+    yield server
+    for s in (server, tandem_base):
+        s.stop()
+
+
+MODES = ("reference", "certified", "speculative")
+
+
+def test_remote_modes_match_the_reference(remote_gateway):
+    client = sdk(remote_gateway)
+    local = ask(client, "pt", max_tokens=24).choices[0].message.content
+    assert len(local) > 8
+    for mode in MODES:
+        got = ask(client, f"t-{mode}", max_tokens=24).choices[0].message.content
+        assert got == local, f"Tandem base, {mode}"
+
+
+def test_remote_streaming_speculative(remote_gateway):
+    client = sdk(remote_gateway)
+    whole = ask(client, "t-speculative", max_tokens=24).choices[0].message.content
+    chunks = list(ask(client, "t-speculative", max_tokens=24, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+
+
+def test_llama_cpp_server_base_agrees_in_every_mode(tiny, tmp_path_factory):
+    """llama-cpp-python's server takes text prompts only (tokens travel detokenized and
+    are re-tokenized there) and names tokens by string: the echo dialect."""
+    tmp = tmp_path_factory.mktemp("echo")
+    base = start_llama_cpp_server(tiny["base"].path, tmp, alias="tiny-base",
+                                  extra_args=("--logits_all", "True", "--n_ctx", "512"))
+    extra = {"llama-base": {"backend": "openai", "base_url": base.url + "/v1",
+                            "model": "tiny-base", "max_retries": 0}}
+    proxies = {f"e-{mode}": {"base": "llama-base", "mode": mode, "base_top_k": 3,
+                             "scoring_api": "echo"} for mode in MODES}
+    server = start_gateway(tiny_config(tiny, proxies, extra), tmp, name="echo-gateway")
+    try:
+        client = sdk(server, timeout=120)
+        answers = [ask(client, f"e-{mode}", max_tokens=6).choices[0].message.content
+                   for mode in MODES]
+        assert len(answers[0]) > 4
+        assert answers[1] == answers[0] and answers[2] == answers[0]
+    finally:
+        server.stop()
+        base.stop()

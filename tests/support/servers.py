@@ -68,13 +68,14 @@ def start_gateway(config: dict, tmp: Path, name: str = "gateway",
     )
 
 
-def start_llama_cpp_server(model_path: Path, tmp: Path, alias: str) -> ServerProcess:
+def start_llama_cpp_server(model_path: Path, tmp: Path, alias: str,
+                           extra_args: tuple[str, ...] = ()) -> ServerProcess:
     """llama-cpp-python's own OpenAI-compatible server: a real third-party 'cloud'."""
     port = free_port()
     return ServerProcess(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
          "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
          "--n_ctx", "2048", "--interrupt_requests", "False",
-         "--n_threads", str(os.cpu_count() or 2)],
-        port, "/v1/models", tmp / "llama_cpp_server.log",
+         "--n_threads", str(os.cpu_count() or 2), *extra_args],
+        port, "/v1/models", tmp / f"llama_cpp_server_{alias}.log",
     )

@@ -125,20 +125,27 @@ class ProxyEngine:
         self.release(src)
 
     # -- the captured steps ------------------------------------------------------------------
+    def _beside(self, side_fn: Callable, main_fn: Callable) -> tuple:
+        """Run ``side_fn`` on the side stream while ``main_fn`` runs on this one (both
+        captured into one graph as parallel branches); eager without a side stream."""
+        if self.side is None:
+            return side_fn(), main_fn()
+        cur = torch.cuda.current_stream()
+        self.side.wait_stream(cur)
+        with torch.cuda.stream(self.side):
+            a = side_fn()
+        b = main_fn()
+        cur.wait_stream(self.side)
+        return a, b
+
     def _plain(self, b: int, span: int, greedy: bool) -> torch.Tensor:
         """Feed the pending tokens, fuse, sample; advance pending/pos. Returns tokens [b]."""
         tok, pos = self.pending[:b, None], self.pos[:b]
-        cur = torch.cuda.current_stream() if self.side is not None else None
-        if self.side is not None:
-            self.side.wait_stream(cur)
-            with torch.cuda.stream(self.side):
-                pl = self.pair.forward(tok, pos, self._view(self.pair_cache, b), span,
-                                       self.kernels)
-        else:
-            pl = self.pair.forward(tok, pos, self._view(self.pair_cache, b), span, self.kernels)
-        bl = self.base.forward(tok, pos, self._view(self.base_cache, b), span, self.kernels)
-        if cur is not None:
-            cur.wait_stream(self.side)
+        pl, bl = self._beside(
+            lambda: self.pair.forward(tok, pos, self._view(self.pair_cache, b), span,
+                                      self.kernels),
+            lambda: self.base.forward(tok, pos, self._view(self.base_cache, b), span,
+                                      self.kernels))
         fused = sampling.fuse(bl[0, :, 0, :self.vocab], pl[0, :, 0], pl[1, :, 0], self.alpha)
         self.last_fused[:b] = fused
         new = sampling.next_tokens(fused, self.temp[:b], self.top_p[:b], self.seed[:b],
@@ -148,19 +155,18 @@ class ProxyEngine:
         return new.clone()
 
     def _speculative(self, b: int, span: int, greedy: bool, k: int) -> torch.Tensor:
-        """Draft k tokens with the pair, verify with one base pass over k + 1 positions.
+        """Draft k tokens with the pair, verify with one base pass over k + 1 positions
+        (the pair's scores after the last draft run beside it, on the side stream).
         Returns [b, k+2]: up to k + 1 tokens, then how many of them are valid."""
         temp, top_p, seed = self.temp[:b], self.top_p[:b], self.seed[:b]
         pos, a = self.pos[:b], self.alpha
         pair_view = self._view(self.pair_cache, b)
         cur = self.pending[:b]
         fed, drafts, qs, experts, antis = [cur], [], [], [], []
-        for i in range(k + 1):
+        for i in range(k):
             pl = self.pair.forward(cur[:, None], pos + i, pair_view, span, self.kernels)
             experts.append(pl[0, :, 0])
             antis.append(pl[1, :, 0])
-            if i == k:
-                break
             steer = pl[1, :, 0] + a * (pl[0, :, 0] - pl[1, :, 0])
             if greedy:
                 cur = steer.argmax(-1)
@@ -170,8 +176,13 @@ class ProxyEngine:
                 qs.append(q)
             drafts.append(cur)
             fed.append(cur)
-        bl = self.base.forward(torch.stack(fed, 1), pos, self._view(self.base_cache, b), span,
-                               self.kernels)
+        last = cur
+        pl, bl = self._beside(
+            lambda: self.pair.forward(last[:, None], pos + k, pair_view, span, self.kernels),
+            lambda: self.base.forward(torch.stack(fed, 1), pos,
+                                      self._view(self.base_cache, b), span, self.kernels))
+        experts.append(pl[0, :, 0])
+        antis.append(pl[1, :, 0])
         fused = sampling.fuse(bl[0, :, :, :self.vocab], torch.stack(experts, 1),
                               torch.stack(antis, 1), a)  # [b, k+1, V]
         d = torch.stack(drafts, 1)

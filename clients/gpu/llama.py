@@ -278,5 +278,7 @@ EAGER = Kernels()
 def compiled_kernels() -> Kernels:
     """Each elementwise step compiled into one fused kernel (dynamic shapes, so a new
     batch size or span reuses the kernel); the matrix products stay on cuBLAS."""
+    # One code object per step serves every stack, dtype and layout: allow the variants.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     c = lambda f: torch.compile(f, dynamic=True, fullgraph=True)  # noqa: E731
     return Kernels(c(_rms_norm), c(_add_rms_norm), c(_rope), c(_masked_softmax), c(_silu_mul))

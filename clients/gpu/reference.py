@@ -51,11 +51,12 @@ def random_llama(shape: dict, seed: int, device: str, dtype: torch.dtype, vocab:
     return model.eval()
 
 
-def structure_(model, successor: torch.Tensor, strength: torch.Tensor, scale: float = 10.0):
+def structure_(model, successor: torch.Tensor, strength: torch.Tensor, scale: float = 10.0,
+               seed: int = 0):
     """Make ``model`` predict ``successor[t]`` after token ``t`` with logit about
-    ``scale * strength[t]`` (the rest of the vocabulary stays near 0).
+    ``scale * strength[t]`` (the rest of the vocabulary stays near 0). Idempotent.
 
-    The embeddings are scaled to standard deviation 20, so the token's own direction
+    The embeddings are redrawn with standard deviation 20, so the token's own direction
     dominates the residual stream (each layer's output has an RMS of about 1-2), and
     the output row of ``successor[t]`` is set to the embedding of ``t``: every layer
     still runs and shifts the logits by a few tenths, but the top candidate leads by
@@ -65,7 +66,9 @@ def structure_(model, successor: torch.Tensor, strength: torch.Tensor, scale: fl
     with torch.no_grad():
         emb = model.model.embed_tokens.weight
         h = emb.shape[1]
-        emb.copy_((emb.float() * (std / 0.02)).to(torch.bfloat16))
+        gen = torch.Generator(device=emb.device).manual_seed(seed)
+        emb.copy_((torch.randn(emb.shape, generator=gen, device=emb.device) * std)
+                  .to(torch.bfloat16))
         head = torch.zeros_like(model.lm_head.weight, dtype=torch.float32)
         head.index_add_(0, successor, emb.float() * (strength[:, None] * scale / (h * std)))
         model.lm_head.weight.copy_(head.to(torch.bfloat16))
@@ -96,23 +99,25 @@ def successor_rules(vocab: int, seed: int, tuned: float, base_only: float, devic
 def reference_proxy_generate(base, expert, anti, prompts: list[list[int]], steps: int,
                              alpha: float = 1.0, temperature: float = 0.0, top_p: float = 1.0,
                              return_logits: bool = False):
-    """Greedy (temperature 0) or sampled proxy-tuned tokens, three models in turn."""
+    """Greedy (temperature 0) or sampled proxy-tuned tokens, three models in turn
+    (``expert`` and ``anti`` None: the base alone)."""
     from transformers import DynamicCache
 
     dev = next(base.parameters()).device
     ids = torch.tensor(prompts, device=dev)
-    caches = [DynamicCache() for _ in range(3)]
+    models = [m for m in (base, expert, anti) if m is not None]
+    caches = [DynamicCache() for _ in models]
     out, logits_seen = [], []
     feed = ids
     mask = torch.ones_like(ids)
-    vocab = expert.config.vocab_size
+    vocab = models[-1].config.vocab_size
     for _ in range(steps):
         lg = []
-        for model, cache in zip((base, expert, anti), caches):
+        for model, cache in zip(models, caches):
             o = model(input_ids=feed, attention_mask=mask, past_key_values=cache,
                       use_cache=True)
             lg.append(o.logits[:, -1, :vocab].float())
-        fused = lg[0] + alpha * (lg[1] - lg[2])
+        fused = lg[0] + alpha * (lg[1] - lg[2]) if len(lg) == 3 else lg[0]
         if return_logits:
             logits_seen.append(fused)
         if temperature <= 0:

@@ -27,6 +27,7 @@ from clients.base import (
     register_backend,
 )
 from clients.errors import InvalidRequest, UpstreamError
+from privacy.guard import check_egress
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 8.0
@@ -188,7 +189,9 @@ class OpenAIClient(ChatClient):
     async def post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
         """POST ``payload`` to ``url`` on this upstream until a 2xx response head arrives,
         retrying what is safe to retry. Every outbound request of this backend (chat, and
-        token scoring through ``/completions``) goes through here."""
+        token scoring through ``/completions``) goes through here, so the egress guard
+        checks the exact bytes here, before the first attempt."""
+        check_egress(self.name, url, payload)
         attempt = 0
         while True:
             try:

@@ -88,6 +88,18 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
 
     app.add_route("/v1/completions", completions, methods=["POST"])
 
+    @app.get("/v1/tandem/egress/{request_id}")
+    async def egress_audit(request_id: str, request: Request) -> Response:
+        """Exactly what left for each upstream during one request (bounded retention)."""
+        key = request.scope.get("state", {}).get("api_key")
+        records = holder.current.privacy.audit.get(request_id, getattr(key, "name", None))
+        if records is None:
+            raise TandemError(f"No egress record for request '{request_id}' (unknown, "
+                              "expired, or another key's)", status=404,
+                              type="invalid_request_error", code="not_found")
+        return _json({"object": "tandem.egress", "request_id": request_id,
+                      "data": [r.to_json() for r in records]})
+
     @app.get("/v1/models")
     async def list_models() -> Response:
         rt = holder.current

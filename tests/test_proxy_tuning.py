@@ -283,3 +283,33 @@ def test_llama_cpp_server_base_agrees_in_every_mode(tiny, tmp_path_factory):
     finally:
         server.stop()
         base.stop()
+
+
+def test_gemma_base_with_qwen_experts_is_refused(local_model_path):
+    """Real checkpoints with different tokenizers (MODELS.md: Gemma 262,144 entries vs
+    Qwen 151,936): refused at start-up with both names in the message."""
+    from clients.model_store import resolve
+
+    gemma = resolve("gemma-3-270m")
+    config = parse_config({
+        "models": {
+            "qwen": {"backend": "llama_cpp", "model": str(local_model_path), "n_ctx": 512},
+            "gemma": {"backend": "llama_cpp", "model": str(gemma), "n_ctx": 512,
+                      "chat_template": "{% for m in messages %}{{ m.content }}\n{% endfor %}"},
+            "pt": {"backend": "proxy_tuning", "base": "gemma", "expert": "qwen",
+                   "anti_expert": "qwen", "n_ctx": 512, "base_template": "plain"},
+        },
+        "routing": {"default": "qwen"},
+    })
+
+    async def run() -> str:
+        rt = Runtime(config, None, None)
+        await rt.start()
+        await rt.wait_loaded(120)
+        state = await rt.clients["pt"].readiness()
+        await rt.close()
+        return state.detail
+
+    detail = asyncio.run(run())
+    assert "do not share a vocabulary" in detail
+    assert "'qwen'" in detail and "'gemma'" in detail and "262144" in detail

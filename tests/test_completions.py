@@ -13,7 +13,7 @@ import openai
 import pytest
 from llama_cpp import Llama
 
-from clients.llama_cpp.batch_engine import BatchEngine, Sequence
+from clients.llama_cpp.batch_engine import SCORED_CHUNK, BatchEngine, Sequence
 from clients.llama_cpp.decoding import SamplingParams
 from tests.support.servers import start_gateway
 
@@ -282,5 +282,25 @@ def test_engine_prompt_logits_skip_the_cache_and_keep_it_for_chat(ref):
         # The chat cache survived in the other slot: a repeat reuses it.
         _run_engine(engine, Sequence(tokens, greedy, None, None))
         assert engine.reused_tokens == reused + len(tokens) - 1
+    finally:
+        engine.close()
+
+
+def test_engine_scores_long_prompts_in_bounded_chunks(ref):
+    """Past SCORED_CHUNK positions per decode the prompt goes on in the next step (the
+    output buffer stays small) and every position is still scored, in order."""
+    engine = BatchEngine(ref, n_ctx=128, parallel=1, n_batch=128, n_threads=2, name="t")
+    try:
+        tokens = ids(ref, " ".join(str(i) for i in range(60)))[:100]
+        assert len(tokens) > SCORED_CHUNK
+        rows: dict[int, np.ndarray] = {}
+        seq = Sequence(tokens, SamplingParams(max_tokens=0, temperature=0), None, None,
+                       prompt_logits=lambda pos, row: rows.__setitem__(pos, row.copy()))
+        _run_engine(engine, seq)
+        assert list(rows) == list(range(len(tokens) - 1))
+        expected = ref_logprobs(ref, tokens, chunk=SCORED_CHUNK)
+        got = np.stack([rows[p] for p in range(len(tokens) - 1)]).astype(np.float64)
+        got -= np.logaddexp.reduce(got, axis=1, keepdims=True)
+        assert np.abs(got - expected[:-1]).max() < TOL
     finally:
         engine.close()

@@ -46,6 +46,10 @@ log = logging.getLogger("tandem.llama_cpp")
 Emit = Callable[[tuple], None]
 # (position p, logits row after prompt token p): the distribution of prompt token p + 1.
 PromptLogits = Callable[[int, Any], None]
+# Prompt positions scored per decode, all sequences together: llama.cpp sizes its output
+# buffer by the rows one decode returns (151,936 floats each for Qwen: 39 MB at 64,
+# 311 MB at n_batch 512).
+SCORED_CHUNK = 64
 
 
 @dataclass(eq=False)
@@ -183,14 +187,20 @@ class BatchEngine:
                 seq.n_past += 1
                 budget -= 1
         scored: list[tuple[Sequence, int, int]] = []  # (seq, position, batch index)
+        scored_left = SCORED_CHUNK
         for seq in self._active:  # then prompt chunks, oldest first
             if budget <= 0:
                 break
             if not seq.prefilling:
                 continue
-            end = min(len(seq.prompt), seq.n_past + budget)
-            last = len(seq.prompt) - 1
             every = seq.prompt_logits is not None
+            take = min(budget, scored_left) if every else budget
+            if take <= 0:
+                continue
+            end = min(len(seq.prompt), seq.n_past + take)
+            if every:
+                scored_left -= end - seq.n_past
+            last = len(seq.prompt) - 1
             for pos in range(seq.n_past, end):
                 idx = batch_add(self.batch, seq.prompt[pos], pos, seq.seq_id,
                                 every or pos == last)

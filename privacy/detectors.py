@@ -144,35 +144,42 @@ class Pattern:
     regex: re.Pattern
     check: Callable[[str], bool] | None = None
     group: int = 0  # the capture group that is private (keyword-led patterns)
+    hint: re.Pattern | None = None  # cheap test a text must pass first (most texts fail it)
 
 
+_DIGIT = re.compile(r"\d")
 PATTERNS: tuple[Pattern, ...] = (
-    Pattern("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
+    Pattern("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+            hint=re.compile("@")),
     Pattern("SECRET", re.compile(
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
         r"|\b(?:sk|pk|rk)-(?:proj-|live-|test-)?[A-Za-z0-9_-]{16,}"
         r"|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}"
-        r"|\bAIza[0-9A-Za-z_-]{35}\b|\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")),
+        r"|\bAIza[0-9A-Za-z_-]{35}\b|\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}"),
+        hint=re.compile(r"PRIVATE KEY|[spr]k-|AKIA|gh[pousr]_|xox|AIza|eyJ")),
     Pattern("SECRET", re.compile(
         r"(?i)\b(?:api[_ -]?key|secret|token|password|passwd|pwd)\b[\"']?\s*[:=]\s*[\"']?"
-        r"([^\s\"',;]{6,})"), group=1),
-    Pattern("CARD", re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _luhn),
-    Pattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban),
+        r"([^\s\"',;]{6,})"), group=1, hint=re.compile(r"(?i)key|secret|token|pass|pwd")),
+    Pattern("CARD", re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _luhn,
+            hint=_DIGIT),
+    Pattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban, hint=_DIGIT),
     Pattern("NATIONAL_ID", re.compile(
         r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"  # US SSN
-        r"|\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")),  # UK NINO
+        r"|\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),  # UK NINO
+        hint=_DIGIT),
     Pattern("NATIONAL_ID", re.compile(
         r"(?i)\b(?:passport|national id|identity card|id card|ssn|social security|tax id"
         r"|personal id)(?:\s+(?:number|no\.?|#))?\s*(?:is|:)?\s*([A-Z0-9][A-Z0-9-]{5,})"),
-        group=1),
+        group=1, hint=re.compile(r"(?i)passport|\bid\b|identity|ssn|social|tax|personal")),
     Pattern("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"
                                      r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}"
                                      r"(?![\w:])|(?<![\w:])[0-9A-Fa-f:]{2,}::[0-9A-Fa-f:]*"),
-            _ip),
+            _ip, hint=re.compile(r"\d\.\d|:")),
     Pattern("DATE_OF_BIRTH", re.compile(
         r"(?i)\b(?:born|birth\s?day|date of birth|d\.?o\.?b\.?)\W{0,3}(?:on|is|was|:)?\s*("
-        + _DATE + ")"), group=1),
-    Pattern("PHONE", re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{7,19}\d(?![\w])"), _phone),
+        + _DATE + ")"), group=1, hint=_DIGIT),
+    Pattern("PHONE", re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{7,19}\d(?![\w])"), _phone,
+            hint=_DIGIT),
 )
 
 
@@ -190,6 +197,8 @@ class PatternDetector(Detector):
         for text in (*texts.marked, *texts.open):
             taken: list[tuple[int, int]] = []  # earlier patterns win overlapping matches
             for p in self.patterns:
+                if p.hint is not None and not p.hint.search(text):
+                    continue
                 for m in p.regex.finditer(text):
                     a, b = m.span(p.group)
                     value = m.group(p.group).strip()

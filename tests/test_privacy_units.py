@@ -316,3 +316,15 @@ def test_config_refuses_bad_privacy(privacy, needle):
         parse_config({"models": {"cloud": {"backend": "openai", "base_url": "http://x/v1",
                                            "model": "m"}},
                       "routing": {"default": "cloud"}, "privacy": privacy})
+
+
+def test_mode_precedence_request_key_config():
+    from types import SimpleNamespace
+
+    stage = _stage(mode="redact")
+    key = SimpleNamespace(name="app", privacy_mode="sketch")
+    assert stage.mode_for(None, None) == "redact"
+    assert stage.mode_for(None, key) == "sketch"
+    assert stage.mode_for("local_only", key) == "local_only"
+    prepared = _prepare(stage, PRIVATE_BODY)
+    assert prepared.state.owner is None and prepared.state.audit is stage.audit

@@ -47,7 +47,7 @@ def threshold_for_fraction(scores: np.ndarray, cloud_fraction: float) -> float:
 
 
 def curves(p_strong: np.ndarray, weak: np.ndarray, strong: np.ndarray,
-           random_seeds: int = 20) -> dict:
+           random_seeds: int = 200) -> dict:
     """Quality and PGR against the cloud fraction for the router, random routing (mean of
     ``random_seeds`` shuffles) and the oracle (knows each prompt's gain), plus their APGRs."""
     weak, strong = np.asarray(weak, float), np.asarray(strong, float)

@@ -21,7 +21,7 @@ from routers.evaluate import curves, summary, threshold_for_fraction
 from routers.learned import SCORERS
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "humaneval-classifier.npz"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "humaneval-knn.npz"
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -104,11 +104,8 @@ def evaluate_scorer(scorer, rows: list[dict], embedder: str) -> dict:
     X = embed_rows(rows, embedder)
     weak = np.array([r["weak_score"] for r in rows], float)
     strong = np.array([r["strong_score"] for r in rows], float)
-    out = summary(np.asarray(scorer.score(X)), weak, strong)
-    rand = [summary(np.random.default_rng(s).random(len(rows)), weak, strong)["apgr"]
-            for s in range(20)]
-    out["random_apgr"] = float(np.mean(rand))
-    return out
+    p = np.asarray(scorer.score(X))
+    return {**summary(p, weak, strong), "random_apgr": curves(p, weak, strong)["random_apgr"]}
 
 
 def _labels_path(name: str) -> Path:

@@ -328,3 +328,13 @@ def test_mode_precedence_request_key_config():
     assert stage.mode_for("local_only", key) == "local_only"
     prepared = _prepare(stage, PRIVATE_BODY)
     assert prepared.state.owner is None and prepared.state.audit is stage.audit
+
+
+def test_ner_detector_finds_names_places_organisations():
+    """The opt-in spaCy detector, with the real pipeline (installed by the test extra)."""
+    spans = build_detector("ner").detect(Texts(
+        [], ["Please write to Angela Merkel in Berlin about the Siemens contract."]))
+    found = {s.text: s.kind for s in spans}
+    assert found.get("Angela Merkel") == "PERSON"
+    assert found.get("Berlin") == "PLACE"
+    assert "Siemens" in found

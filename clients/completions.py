@@ -47,7 +47,9 @@ def score_row(logits: np.ndarray, token: int, k: int) -> PositionScores:
     """Log-softmax of one logits row at ``token``, with its rank and the top ``k``."""
     x = np.asarray(logits, dtype=np.float32)
     m = float(x.max())
-    lse = m + float(np.log(np.exp(x - m).sum(dtype=np.float64)))
+    tmp = x - m  # one scratch array, exponentiated in place (this runs per position)
+    np.exp(tmp, out=tmp)
+    lse = m + float(np.log(tmp.sum()))  # float32 pairwise sum: ~1e-7 relative
     target = x[token]
     rank = int(np.count_nonzero(x >= target))
     if k == 0:
@@ -55,7 +57,7 @@ def score_row(logits: np.ndarray, token: int, k: int) -> PositionScores:
     elif k < 0 or k >= len(x):
         ids = np.argsort(-x, kind="stable")
     else:
-        ids = np.argpartition(-x, k - 1)[:k]
+        ids = np.argpartition(x, len(x) - k)[len(x) - k:]
         ids = ids[np.argsort(-x[ids], kind="stable")]
     return PositionScores(token, float(target) - lse, rank, ids,
                           x[ids].astype(np.float64) - lse)

@@ -102,12 +102,21 @@ def register_backend(kind: str) -> Callable[[ClientFactory], ClientFactory]:
     return deco
 
 
+# Backends whose modules need heavy optional libraries (torch): imported only when a
+# configured model uses them, so a gateway without them never loads them.
+_LAZY_BACKENDS = {"gpu_proxy_tuning": "clients.gpu.client"}
+
+
 def build_client(name: str, config: Any) -> ChatClient:
     """Construct the client for one configured model (nothing is loaded yet)."""
     # Import the built-in backends so that they register themselves.
     from clients import openai_client  # noqa: F401
     from clients.llama_cpp import client as _llama_cpp  # noqa: F401
 
+    if config.backend in _LAZY_BACKENDS:
+        import importlib
+
+        importlib.import_module(_LAZY_BACKENDS[config.backend])
     try:
         factory = _BACKENDS[config.backend]
     except KeyError:

@@ -58,8 +58,29 @@ class OpenAIModelConfig(_Strict):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class GpuProxyTuningModelConfig(_Strict):
+    """Proxy-tuning with the three models on one GPU (clients/gpu): Hugging Face Llama
+    checkpoints, static KV caches, CUDA graphs, speculative drafting by the expert.
+    Needs torch and transformers; nothing imports them unless this backend is configured."""
+
+    backend: Literal["gpu_proxy_tuning"]
+    base: str = Field(description="Llama checkpoint directory (config.json + safetensors)")
+    expert: str = Field(description="checkpoint directory; same architecture as anti_expert")
+    anti_expert: str = Field(description="checkpoint directory")
+    alpha: float = Field(1.0, ge=-10, le=10, description="strength of the steering")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    device: str = Field("cuda", description="torch device; graphs are captured on CUDA only")
+    n_ctx: int = Field(2048, ge=256, le=131_072, description="KV cache positions per sequence")
+    parallel: int = Field(8, ge=1, le=32, description="sequences decoded together")
+    speculative: bool = Field(True, description="expert drafts, the base verifies in one pass")
+    max_draft: int = Field(8, ge=1, le=16, description="longest draft (adapts below it)")
+    chat_template: str | None = Field(None, description="Jinja template overriding the expert's")
+    max_queue: int = Field(256, ge=1, description="requests allowed to wait; more get 429")
+
+
 ModelConfig = Annotated[
-    Union[LlamaCppModelConfig, OpenAIModelConfig], Field(discriminator="backend")
+    Union[LlamaCppModelConfig, OpenAIModelConfig,
+          GpuProxyTuningModelConfig], Field(discriminator="backend")
 ]
 
 

@@ -29,26 +29,18 @@ import orjson
 
 from clients.errors import UpstreamError
 from clients.openai_client import OpenAIClient
-from clients.scoring import NextTokenScores, ScoringSession, TokenScorer
+from clients.scoring import NextTokenScores, StatelessSession, TokenScorer
 
 TOKEN_ID_PREFIX = "token_id:"
 
 
-class RemoteScoringSession(ScoringSession):
+class RemoteScoringSession(StatelessSession):
     def __init__(self, scorer: "RemoteScorer") -> None:
+        super().__init__()
         self.scorer = scorer
-        self._tokens: list[int] = []
 
-    @property
-    def tokens(self) -> list[int]:
-        return self._tokens
-
-    async def extend(self, tokens: list[int], positions: int = 1) -> list[NextTokenScores]:
-        self._tokens.extend(tokens)
-        return await self.scorer.score(self._tokens, positions, self.scorer.top_k)
-
-    async def truncate(self, n_tokens: int) -> None:
-        del self._tokens[n_tokens:]
+    async def score(self, tokens: list[int], positions: int) -> list[NextTokenScores]:
+        return await self.scorer.score(tokens, positions, self.scorer.top_k)
 
     async def rescore_full(self, n_tokens: int) -> NextTokenScores:
         return (await self.scorer.score(self._tokens[:n_tokens], 1, None))[0]

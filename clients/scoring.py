@@ -91,6 +91,29 @@ class ScoringSession(abc.ABC):
         """Free the cache slot this session held."""
 
 
+class StatelessSession(ScoringSession):
+    """A session whose backend keeps no state between calls (a remote server re-sent the
+    whole sequence, relying on its prefix cache): the tokens are just a list."""
+
+    def __init__(self) -> None:
+        self._tokens: list[int] = []
+
+    @property
+    def tokens(self) -> list[int]:
+        return self._tokens
+
+    async def extend(self, tokens: list[int], positions: int = 1) -> list[NextTokenScores]:
+        self._tokens.extend(tokens)
+        return await self.score(self._tokens, positions)
+
+    @abc.abstractmethod
+    async def score(self, tokens: list[int], positions: int) -> list[NextTokenScores]:
+        """Scores after each of the last ``positions`` tokens of ``tokens``."""
+
+    async def truncate(self, n_tokens: int) -> None:
+        del self._tokens[n_tokens:]
+
+
 class TokenScorer(abc.ABC):
     """A model that returns next-token scores for token prefixes."""
 

@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-from clients.scoring import NextTokenScores, ScoringSession, TokenScorer, log_softmax
+from clients.scoring import NextTokenScores, StatelessSession, TokenScorer, log_softmax
 
 
 def table_logits(seed: int, prefix: list[int], n_vocab: int, peak: float) -> np.ndarray:
@@ -23,23 +23,15 @@ def table_logits(seed: int, prefix: list[int], n_vocab: int, peak: float) -> np.
     return logits
 
 
-class TableSession(ScoringSession):
+class TableSession(StatelessSession):
     def __init__(self, scorer: "TableScorer") -> None:
+        super().__init__()
         self.scorer = scorer
-        self._tokens: list[int] = []
 
-    @property
-    def tokens(self) -> list[int]:
-        return self._tokens
-
-    async def extend(self, tokens: list[int], positions: int = 1) -> list[NextTokenScores]:
-        self._tokens.extend(tokens)
+    async def score(self, tokens: list[int], positions: int) -> list[NextTokenScores]:
         self.scorer.calls += 1
-        n = len(self._tokens)
-        return [self.scorer.scores(self._tokens[:end]) for end in range(n - positions + 1, n + 1)]
-
-    async def truncate(self, n_tokens: int) -> None:
-        del self._tokens[n_tokens:]
+        n = len(tokens)
+        return [self.scorer.scores(tokens[:end]) for end in range(n - positions + 1, n + 1)]
 
     async def rescore_full(self, n_tokens: int) -> NextTokenScores:
         self.scorer.calls += 1

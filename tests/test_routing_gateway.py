@@ -13,7 +13,7 @@ import yaml
 
 from routers import checkpoint
 from routers.embed import HashingEmbedder, conversation_text
-from routers.learned import LogisticScorer
+from routers.learned import LogisticScorer, MFScorer
 from tests.support.servers import start_gateway
 
 EASY = ["say hello", "name a colour", "what is 2 plus 2", "print hello world"]
@@ -23,30 +23,34 @@ HARD = ["prove that there are infinitely many primes",
         "design a byzantine fault tolerant consensus protocol"]
 
 
-def _train(path) -> None:
+def _train(path, mf_path=None) -> None:
     emb = HashingEmbedder(4096)
     texts = [conversation_text([{"role": "user", "content": t}]) for t in EASY + HARD]
     X = emb.embed(texts)
     y = np.array([0.0] * len(EASY) + [1.0] * len(HARD))
     checkpoint.save(path, LogisticScorer.train(X, y, epochs=500, lr=0.05), emb.name, emb.dim)
+    if mf_path is not None:
+        checkpoint.save(mf_path, MFScorer.train(X, y, k=8, epochs=300, lr=0.05), emb.name,
+                        emb.dim)
 
 
-def _config(local_model_path, fault_url, ckpt) -> dict:
+def _config(local_model_path, fault_url, ckpt, mf=None) -> dict:
     return {"models": {
         "local": {"backend": "llama_cpp", "model": str(local_model_path), "n_ctx": 512},
         "cloud": {"backend": "openai", "base_url": fault_url, "model": "fault",
                   "max_retries": 0}},
         "routing": {"default": "local", "strong": "cloud", "weak": "local",
-                    "routers": {"classifier": str(ckpt)},
+                    "routers": {"classifier": str(ckpt), **({"mf": str(mf)} if mf else {})},
                     "router": {"kind": "classifier", "threshold": 0.5}}}
 
 
 @pytest.fixture(scope="module")
 def routed(local_model_path, fault, workdir):
-    ckpt = workdir / "classifier.npz"
-    _train(ckpt)
+    ckpt, mf = workdir / "classifier.npz", workdir / "mf.npz"
+    _train(ckpt, mf)
     fault.script()
-    gw = start_gateway(_config(local_model_path, fault.url, ckpt), workdir, name="routed")
+    gw = start_gateway(_config(local_model_path, fault.url, ckpt, mf), workdir, name="routed")
+    gw.mf_checkpoint = mf
     yield gw
     gw.stop()
 
@@ -64,6 +68,7 @@ def test_tandem_uses_the_configured_router(routed, fault):
         r = _ask(routed, "tandem", text)
         assert r.headers["x-tandem-route"] == "cloud"
         assert "router classifier p_strong=" in r.headers["x-tandem-reason"]
+        assert "0.5 (configured threshold) -> 'cloud'" in r.headers["x-tandem-reason"]
     for text in EASY[:2]:
         assert _ask(routed, "tandem", text).headers["x-tandem-route"] == "local"
 
@@ -76,8 +81,28 @@ def test_router_names_with_thresholds(routed, fault):
     p = float(hard.headers["x-tandem-reason"].split("p_strong=")[1].split()[0])
     assert hard.headers["x-tandem-route"] == ("cloud" if p >= 0.99 else "local")
     r = httpx.post(routed.url + "/v1/chat/completions", json={
-        "model": "router-mf-0.5", "messages": [{"role": "user", "content": "x"}]})
+        "model": "router-knn-0.5", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_router_mf_sends_requests_where_its_score_says(routed, fault):
+    """router-mf-0.5 through the gateway: the route follows the MF score, and the score
+    is the one the same checkpoint gives offline."""
+    from routers.base import load_router, make_embedder
+
+    fault.script()
+    offline = load_router("mf", str(routed.mf_checkpoint), make_embedder("hashing-4096"))
+    routes = set()
+    for text in EASY + HARD:
+        r = _ask(routed, "router-mf-0.5", text)
+        reason = r.headers["x-tandem-reason"]
+        p = float(reason.split("p_strong=")[1].split()[0])
+        expected = offline.p_strong([{"role": "user", "content": text}])
+        assert p == pytest.approx(expected, abs=1e-3)
+        assert "(model name)" in reason
+        assert r.headers["x-tandem-route"] == ("cloud" if p >= 0.5 else "local")
+        routes.add(r.headers["x-tandem-route"])
+    assert routes == {"cloud", "local"}  # the training prompts are separated
     ids = [m["id"] for m in httpx.get(routed.url + "/v1/models").json()["data"]]
     assert "router-classifier-0.5" in ids
 

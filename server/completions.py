@@ -47,7 +47,7 @@ async def handle_completion(runtime, request: Request) -> Response:
     return response  # a stream finishes its record when it ends
 
 
-def _choose(runtime, model: str) -> tuple[str, str]:
+def choose_model(runtime, model: str) -> tuple[str, str]:
     """The configured model that answers ``model``, and why (404 for unknown names)."""
     decision = runtime.policy.decide(model)
     if decision.rule == "router":
@@ -71,7 +71,7 @@ async def _handle(runtime, request: Request, record: RequestRecord) -> Response:
     req = validate_completion_request(body, runtime.config.server.max_logprobs)
     record.model = req.model
     await runtime.service.gate.admit(record.api_key, req.model)
-    name, reason = _choose(runtime, req.model)
+    name, reason = choose_model(runtime, req.model)
     record.route, record.reason, record.rule = name, reason, "explicit"
     client = runtime.clients[name]
     headers = _headers(name, reason)

@@ -13,8 +13,13 @@ import openai
 import pytest
 from llama_cpp import Llama
 
+from clients.base import Capabilities, ChatClient, Readiness
+from clients.errors import InvalidRequest
 from clients.llama_cpp.batch_engine import SCORED_CHUNK, BatchEngine, Sequence
 from clients.llama_cpp.decoding import SamplingParams
+from routers.policy import Policy
+from server.auth import hash_key
+from server.completions import choose_model
 from tests.support.servers import start_gateway
 
 PROMPT = "def fibonacci(n):\n    "
@@ -219,21 +224,51 @@ def test_malformed_json_and_sdk_errors(gateway, client):
     assert big.status_code == 413
 
 
+def test_stop_and_seed(client):
+    stopped = client.completions.create(model="local", prompt="1, 2, 3, 4,", max_tokens=12,
+                                        temperature=0, stop=[","])
+    assert stopped.choices[0].finish_reason == "stop" and "," not in stopped.choices[0].text
+    a, b = (client.completions.create(model="local", prompt="Once upon a time", max_tokens=8,
+                                      temperature=1.0, seed=7) for _ in range(2))
+    assert a.choices[0].text == b.choices[0].text
+
+
+KEY = "sk-completions-test"
+
+
 @pytest.fixture(scope="module")
 def open_gateway(local_model_path, workdir):
-    """A gateway allowing whole-vocabulary logprobs (server.max_logprobs: -1)."""
+    """A gateway allowing whole-vocabulary logprobs (server.max_logprobs: -1), with a key
+    that may use 'tandem' only."""
     config = {"server": {"max_logprobs": -1},
               "models": {"local": {"backend": "llama_cpp", "model": str(local_model_path),
                                    "n_ctx": 512, "parallel": 2}},
-              "routing": {"default": "local"}}
+              "routing": {"default": "local"},
+              "auth": {"keys": [{"name": "scorer", "key_sha256": hash_key(KEY),
+                                 "models": ["tandem"]}]},
+              "state": {"sqlite_path": str(workdir / "completions-state.sqlite")}}
     server = start_gateway(config, workdir, name="gateway-full-vocab")
     yield server
     server.stop()
 
 
+def test_keys_and_metrics_apply(open_gateway):
+    url = open_gateway.url + "/v1/completions"
+    body = {"model": "tandem", "prompt": "hi", "max_tokens": 1}
+    assert httpx.post(url, json=body).status_code == 401
+    denied = httpx.post(url, json={**body, "model": "local"},
+                        headers={"authorization": f"Bearer {KEY}"})
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "model_not_allowed"
+    ok = httpx.post(url, json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=60)
+    assert ok.status_code == 200 and ok.headers["x-tandem-route"] == "local"
+    metrics = httpx.get(open_gateway.url + "/metrics").text
+    assert 'tandem_requests_total{model="tandem",route="local",status="200"}' in metrics
+
+
 def test_whole_vocabulary_prompt_logprobs(open_gateway, ref):
     tokens = ids(ref, "Hello world")
-    r = httpx.post(open_gateway.url + "/v1/completions", timeout=120, json={
+    r = httpx.post(open_gateway.url + "/v1/completions", timeout=120,
+                   headers={"authorization": f"Bearer {KEY}"}, json={
         "model": "tandem", "prompt": tokens, "max_tokens": 1, "prompt_logprobs": -1,
         "logprobs": -1, "temperature": 0, "return_tokens_as_token_ids": True})
     assert r.status_code == 200, r.text
@@ -304,3 +339,37 @@ def test_engine_scores_long_prompts_in_bounded_chunks(ref):
         assert np.abs(got - expected[:-1]).max() < TOL
     finally:
         engine.close()
+
+
+class _ChatOnly(ChatClient):
+    """A client that declares no completions (as composite clients do)."""
+
+    capabilities = Capabilities()
+
+    async def readiness(self) -> Readiness:
+        return Readiness(True, "")
+
+    async def chat(self, body: dict) -> dict:
+        raise NotImplementedError
+
+    def chat_stream(self, body: dict):
+        raise NotImplementedError
+
+
+class _Runtime:
+    def __init__(self) -> None:
+        self.clients = {"mixer": _ChatOnly("mixer"), "weak": _ChatOnly("weak")}
+        self.policy = Policy(list(self.clients), "mixer", [], routers={"random": object()},
+                             strong="mixer", weak="weak")
+
+
+@pytest.mark.parametrize("model, message", [
+    ("mixer", "cannot serve /v1/completions"),
+    ("tandem", "cannot serve /v1/completions"),  # the default model, here chat-only
+    ("router-random-0.5", "names a router"),
+])
+def test_models_that_cannot_complete_are_a_clear_400(model, message):
+    with pytest.raises(InvalidRequest) as err:
+        choose_model(_Runtime(), model)
+    assert err.value.status == 400 and message in err.value.message
+    assert err.value.param == "model"

@@ -109,13 +109,13 @@ def reference_proxy_generate(base, expert, anti, prompts: list[list[int]], steps
     caches = [DynamicCache() for _ in models]
     out, logits_seen = [], []
     feed = ids
-    mask = torch.ones_like(ids)
     vocab = models[-1].config.vocab_size
     for _ in range(steps):
         lg = []
         for model, cache in zip(models, caches):
-            o = model(input_ids=feed, attention_mask=mask, past_key_values=cache,
-                      use_cache=True)
+            # Prompts of one length: no padding, so no attention mask to build per step;
+            # only the last position's logits are computed.
+            o = model(input_ids=feed, past_key_values=cache, use_cache=True, logits_to_keep=1)
             lg.append(o.logits[:, -1, :vocab].float())
         fused = lg[0] + alpha * (lg[1] - lg[2]) if len(lg) == 3 else lg[0]
         if return_logits:
@@ -129,6 +129,5 @@ def reference_proxy_generate(base, expert, anti, prompts: list[list[int]], steps
             nxt = idx.gather(-1, torch.multinomial(sp, 1))[:, 0]
         out.append(nxt)
         feed = nxt[:, None]
-        mask = torch.cat([mask, torch.ones_like(feed)], 1)
     tokens = torch.stack(out, 1).tolist()
     return (tokens, torch.stack(logits_seen, 1)) if return_logits else tokens

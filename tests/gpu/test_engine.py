@@ -170,15 +170,17 @@ def _chi2_pvalue(counts, expected):
 def test_sampled_tokens_follow_the_fused_distribution(models, device, k):
     """The token at a fixed step (after a greedy first token) over many seeds, plain and
     speculative, against softmax(fused / T) cut to top-p."""
-    temp, top_p, rounds = 0.1, 0.9, (500 if device == "cuda" else 60)
+    top_p, rounds = 0.9, (500 if device == "cuda" else 60)
     engine = _engine(models, torch.float32, device)
     first = engine.prefill(0, PROMPTS[0])
     n = len(PROMPTS[0])
     for s in range(1, 8):
         engine.copy_slot(0, s, n)
-    engine.temp[:8], engine.top_p[:8] = temp, top_p
     engine.pending[:8], engine.pos[:8] = first, n
     engine.step(8, n, True)  # greedy: the fused logits at the fixed step, in last_fused
+    # A temperature that spreads the mass over about ten tokens, whatever the shapes.
+    top = engine.last_fused[0].topk(10).values
+    engine.temp[:8], engine.top_p[:8] = float(top[0] - top[9]) / 2, top_p
     want = sampling.probs(engine.last_fused[:1], engine.temp[:1], engine.top_p[:1])[0]
     counts = torch.zeros(VOCAB, device=device)
     for r in range(rounds):

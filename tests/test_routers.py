@@ -176,6 +176,17 @@ def test_router_cli_train_eval_calibrate(tmp_path):
     calibrated = run("calibrate", "--ckpt", str(ckpt), "--prompts", str(labels),
                      "--cloud-fraction", "0.5")
     assert 0.0 <= calibrated["threshold"] <= 1.0
+    stored = checkpoint.load(ckpt)[1]
+    assert len(stored["calibration_scores"]) == trained["train"]  # out-of-fold, from train
+    saved = run("calibrate", "--ckpt", str(ckpt), "--prompts", str(labels),
+                "--cloud-fraction", "0.5", "--save")
+    _, meta = checkpoint.load(ckpt)
+    assert len(meta["calibration_scores"]) == 200 and str(labels) in meta["calibration"]
+    assert meta["kind"] == "knn" and meta["holdout_fraction"] == 0.2  # metadata kept
+    from routers.base import load_router, make_embedder
+
+    router = load_router("knn", str(ckpt), make_embedder("hashing-1024"))
+    assert router.threshold_for(0.5) == pytest.approx(saved["threshold"], abs=1e-6)
 
 
 def test_router_eval_without_a_checkpoint_evaluates_the_shipped_default(tmp_path):

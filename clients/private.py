@@ -27,7 +27,7 @@ from privacy.redact import json_escape
 
 log = logging.getLogger("tandem.private")
 
-SKETCH_SYSTEM = ("Write a short outline (at most 6 bullet points) of a good answer to the "
+SKETCH_SYSTEM = ("Write a short outline (at most six bullet points) of a good answer to the "
                  "user's request: structure, key points, tone. Do not write the answer "
                  "itself. Keep placeholders such as <PERSON_1> exactly as written.")
 OUTLINE_HEADER = ("An outline for this answer, drafted by a larger model that did not see "

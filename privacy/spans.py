@@ -67,9 +67,9 @@ def tokens(text: str) -> list[Token]:
         norm = normalise(word)
         if not norm:
             continue
-        distinctive = norm not in STOPWORDS and (
-            any(c.isdigit() for c in word) or (word[:1].isupper() and len(norm) >= 3)
-            or len(norm) >= 12)
+        # Numbers and names of 3+ characters: "1990", "Lina"; not "7" or "Mr".
+        distinctive = norm not in STOPWORDS and len(norm) >= 3 and (
+            any(c.isdigit() for c in word) or word[:1].isupper() or len(norm) >= 12)
         out.append(Token(norm, m.start(), m.end(), distinctive))
     return out
 

@@ -338,3 +338,11 @@ def test_ner_detector_finds_names_places_organisations():
     assert found.get("Angela Merkel") == "PERSON"
     assert found.get("Berlin") == "PLACE"
     assert "Siemens" in found
+
+
+def test_short_numbers_are_not_private_words():
+    """'6' in a prompt template is not the '6' of a phone number in the context."""
+    s = state([], ["My phone is +33 6 12 34 56 78 and I take it at 7 am in 1990."])
+    s.check("cloud", "u", payload("An outline of at most 6 points, by 7."))
+    with pytest.raises(EgressBlocked):
+        s.check("cloud", "u", payload("born in 1990"))

@@ -41,6 +41,9 @@ class CompletionRequest(_Open):
     # vLLM extensions
     prompt_logprobs: int | None = Field(None, ge=-1)
     return_tokens_as_token_ids: bool | None = None
+    # Tandem: score prompt tokens from this index on (null before); lets the KV of the
+    # earlier tokens come from the prefix cache. Ignored by other servers.
+    prompt_logprobs_from: int | None = Field(None, ge=0)
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=2)

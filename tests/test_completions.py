@@ -30,6 +30,7 @@ PROMPT = "def fibonacci(n):\n    "
 # engine's shapes (the prompt as one batch, then one token per decode) with flash
 # attention, and then agrees to 1e-8; the tolerance is for other machines' kernels.
 TOL = 1e-3
+SHAPE_TOL = 0.1  # comparing runs whose batch shapes differ (measured up to 0.07)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,23 @@ def test_prompt_logprobs_in_vllm_format(client, ref):
         others = [v["rank"] for k, v in entry.items() if k != str(tokens[i])]
         assert sorted(others + [mine["rank"]] * (mine["rank"] <= 2)) == [1, 2]
     assert out.choices[0].logprobs is None
+
+
+def test_prompt_logprobs_from_scores_only_the_tail(client, ref):
+    tokens = ids(ref, "for i in range(10):\n    print(i)\n")
+    whole = client.completions.create(model="local", prompt=tokens, max_tokens=1,
+                                      temperature=0, extra_body={"prompt_logprobs": 3})
+    tail = client.completions.create(
+        model="local", prompt=tokens, max_tokens=1, temperature=0,
+        extra_body={"prompt_logprobs": 3, "prompt_logprobs_from": len(tokens) - 3})
+    a, b = whole.choices[0].prompt_logprobs, tail.choices[0].prompt_logprobs
+    assert len(b) == len(tokens) and b[: len(tokens) - 3] == [None] * (len(tokens) - 3)
+    for i in range(len(tokens) - 3, len(tokens)):
+        assert next(iter(b[i])) == next(iter(a[i])) == str(tokens[i])
+        for key in set(a[i]) & set(b[i]):
+            # The tail ran as a 4-token batch on cached KV: other kernel shapes.
+            assert b[i][key]["logprob"] == pytest.approx(a[i][key]["logprob"], abs=SHAPE_TOL)
+    assert tail.choices[0].text == whole.choices[0].text
 
 
 def test_max_tokens_zero_with_echo_scores_the_prompt_only(client, ref):
@@ -373,3 +391,31 @@ def test_models_that_cannot_complete_are_a_clear_400(model, message):
         choose_model(_Runtime(), model)
     assert err.value.status == 400 and message in err.value.message
     assert err.value.param == "model"
+
+
+def test_engine_scoring_from_a_position_reuses_the_cache_before_it(ref):
+    engine = BatchEngine(ref, n_ctx=128, parallel=1, n_batch=64, n_threads=2, name="t")
+    try:
+        tokens = ids(ref, "alpha beta gamma delta epsilon zeta eta theta iota kappa")
+        _run_engine(engine, Sequence(tokens, SamplingParams(max_tokens=1, temperature=0),
+                                     None, None))
+        reused = engine.reused_tokens
+        start = len(tokens) - 4
+        rows: dict[int, np.ndarray] = {}
+        seq = Sequence(tokens, SamplingParams(max_tokens=0, temperature=0), None, None,
+                       prompt_logits=lambda pos, row: rows.__setitem__(pos, row.copy()),
+                       score_from=start)
+        _run_engine(engine, seq)
+        assert engine.reused_tokens == reused + start  # the cache served all before it
+        assert list(rows) == list(range(start, len(tokens) - 1))
+        # Reference: the same shapes (whole prompt once, then the tail again from its KV).
+        ref_logprobs(ref, tokens)
+        ref.n_tokens = start
+        ref.eval(tokens[start:])
+        x = np.asarray(ref.scores[start : len(tokens) - 1], dtype=np.float64)
+        expected = x - np.logaddexp.reduce(x, axis=1, keepdims=True)
+        got = np.stack([rows[p] for p in sorted(rows)]).astype(np.float64)
+        got -= np.logaddexp.reduce(got, axis=1, keepdims=True)
+        assert np.abs(got - expected).max() < TOL
+    finally:
+        engine.close()

@@ -13,10 +13,10 @@ rest (a multi-turn chat re-sends its history, a system prompt repeats on every c
 as llama.cpp's server does with ``cache_prompt``.
 
 Prompt logprobs (``/v1/completions``): a sequence with a ``prompt_logits`` callback gets
-logits at every prompt position, handed to the callback right after the decode (in this
-thread, while the row is valid). It never reuses cached KV, whose logits are gone, and
-takes the free slot with the least cached, so the chat caches survive. Sequences
-without the callback run exactly as before.
+logits at every prompt position from ``score_from`` on, handed to the callback right
+after the decode (in this thread, while the row is valid). Cached KV is reused only for
+the positions before ``score_from`` (with 0, none: the free slot with the least cached is
+taken, so the chat caches survive). Sequences without the callback run as before.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Sequence:
     cancel: threading.Event
     index: int = 0
     prompt_logits: PromptLogits | None = None
+    score_from: int = 0  # first prompt position whose logits row goes to prompt_logits
     # engine state
     seq_id: int = -1
     n_past: int = 0
@@ -97,8 +98,13 @@ class BatchEngine:
 
     # -- called from the event loop ---------------------------------------------------
     def submit(self, seq: Sequence) -> None:
+        self.submit_many([seq])
+
+    def submit_many(self, seqs: list[Sequence]) -> None:
+        """Queue ``seqs`` at once: the engine admits them in one step, so the batches they
+        share (and hence llama.cpp's exact numbers) do not depend on thread timing."""
         with self._wake:
-            self._queue.append(seq)
+            self._queue.extend(seqs)
             self._wake.notify()
 
     def waiting(self) -> int:
@@ -137,7 +143,8 @@ class BatchEngine:
             seq = self._queue.popleft()
             if seq.cancel.is_set():
                 continue
-            seq.seq_id, seq.n_past = self._pick_slot(seq.prompt, seq.prompt_logits is None)
+            limit = len(seq.prompt) if seq.prompt_logits is None else seq.score_from
+            seq.seq_id, seq.n_past = self._pick_slot(seq.prompt, limit)
             seq.fed = list(seq.prompt[: seq.n_past])
             # Plain greedy needs no sampler chain: an argmax over the logits row is
             # ~6x cheaper than llama.cpp's candidate-array copy for a 151k vocabulary.
@@ -145,20 +152,21 @@ class BatchEngine:
             seq.text = TextAssembler(self.llm, seq.params)
             self._active.append(seq)
 
-    def _pick_slot(self, prompt: list[int], reuse_ok: bool = True) -> tuple[int, int]:
-        """The free slot with the longest cached prefix of ``prompt``, and that length;
-        without ``reuse_ok``, the slot with the least cached and 0."""
+    def _pick_slot(self, prompt: list[int], limit: int) -> tuple[int, int]:
+        """The free slot with the longest cached prefix of ``prompt``, and how much of it
+        to reuse (at most ``limit`` tokens); with ``limit`` 0, the least cached slot."""
         best, best_len = self._free_ids[0], -1
-        if not reuse_ok:
+        if limit <= 0:
             best = min(self._free_ids, key=lambda sid: len(self._slot_tokens.get(sid, ())))
             best_len = 0
-        for sid in self._free_ids if reuse_ok else ():
+        for sid in self._free_ids if limit > 0 else ():
             n = _common_prefix(self._slot_tokens.get(sid, ()), prompt)
             if n > best_len:
                 best, best_len = sid, n
         self._free_ids.remove(best)
         self._slot_tokens.pop(best, None)
-        reuse = min(best_len, len(prompt) - 1)  # the last prompt token must run for logits
+        # The last prompt token must run for logits.
+        reuse = max(0, min(best_len, len(prompt) - 1, limit))
         truncate_sequence(self.ctx, best, reuse)
         self.reused_tokens += reuse
         return best, reuse
@@ -193,18 +201,19 @@ class BatchEngine:
                 break
             if not seq.prefilling:
                 continue
-            every = seq.prompt_logits is not None
-            take = min(budget, scored_left) if every else budget
-            if take <= 0:
-                continue
-            end = min(len(seq.prompt), seq.n_past + take)
-            if every:
-                scored_left -= end - seq.n_past
+            end = min(len(seq.prompt), seq.n_past + budget)
+            first = len(seq.prompt)  # first position flagged for scoring
+            if seq.prompt_logits is not None:
+                first = max(seq.n_past, seq.score_from)
+                end = min(end, first + scored_left)
+                if end <= seq.n_past:
+                    continue
+                scored_left -= max(0, end - first)
             last = len(seq.prompt) - 1
             for pos in range(seq.n_past, end):
                 idx = batch_add(self.batch, seq.prompt[pos], pos, seq.seq_id,
-                                every or pos == last)
-                if every and pos < last:
+                                pos >= first or pos == last)
+                if pos >= first and pos < last:
                     scored.append((seq, pos, idx))
             budget -= end - seq.n_past
             seq.fed.extend(seq.prompt[seq.n_past:end])

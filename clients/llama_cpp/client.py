@@ -254,7 +254,7 @@ class LlamaCppClient(ChatClient):
 
         for seq in sequences:
             seq.emit, seq.cancel = emit, cancel
-            engine.submit(seq)
+        engine.submit_many(sequences)
         n = len(sequences)
         finished, completion_tokens = 0, 0
         try:

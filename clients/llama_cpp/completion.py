@@ -5,7 +5,10 @@ same batch engine as chat. Every logits row is reduced where it is read, in the 
 thread (``score_row``: the token's log-probability, rank and top-k), so nothing of
 vocabulary size outlives a step unless the caller asked for the whole vocabulary.
 Prompt positions are scored only for sequences that need them (``echo`` with
-``logprobs``, or vLLM's ``prompt_logprobs``), and those never reuse cached KV.
+``logprobs``, or vLLM's ``prompt_logprobs``); Tandem's ``prompt_logprobs_from: i`` scores
+only prompt tokens from index i on (earlier entries are null), so the KV of the tokens
+before i - 1 may come from the prefix cache: a speculative verifier that re-sends a
+growing context pays for its new tokens only.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class _Prompt:
     scores: list[PositionScores | None] = field(default_factory=list)  # per position
 
     def score(self, k: int):
-        """The engine callback filling ``scores`` (position p scores token p + 1)."""
+        """The engine callback filling ``scores`` (row p scores prompt token p + 1)."""
         self.scores = [None] * len(self.tokens)
 
         def on_row(pos: int, row) -> None:
@@ -62,6 +65,7 @@ class _Plan:
     prompt_logprobs: int | None
     as_ids: bool
     params: SamplingParams
+    score_from: int = 0  # first prompt token index whose logprob is computed
 
     def choice(self, c: int) -> _Prompt:
         return self.prompts[c // self.n]
@@ -137,7 +141,8 @@ def plan(client: "LlamaCppClient", body: dict) -> _Plan:
     echo = bool(body.get("echo"))
     return _Plan(prompts, body.get("n") or 1, echo, k,
                  _k(body.get("prompt_logprobs"), n_vocab),
-                 bool(body.get("return_tokens_as_token_ids")), params)
+                 bool(body.get("return_tokens_as_token_ids")), params,
+                 body.get("prompt_logprobs_from") or 0)
 
 
 async def _start(client: "LlamaCppClient", body: dict) -> tuple[_Plan, AsyncIterator[tuple]]:
@@ -150,7 +155,8 @@ async def _start(client: "LlamaCppClient", body: dict) -> tuple[_Plan, AsyncIter
         # One sequence per prompt scores the prompt; the prompt's other choices read it.
         scorer = prompt.score(prompt_k) if prompt_k is not None and i == 0 else None
         sequences.append(Sequence(prompt.tokens, seeded(p.params, i, p.n), None, None,
-                                  index=c, prompt_logits=scorer))
+                                  index=c, prompt_logits=scorer,
+                                  score_from=max(0, p.score_from - 1)))
     return p, client.relay(sequences, sum(len(x.tokens) for x in p.prompts))
 
 

@@ -98,6 +98,9 @@ class GpuProxyTuningClient(ChatClient):
     async def _load_in_thread(self) -> None:
         try:
             self._model = await asyncio.to_thread(self._load)
+        except ModuleNotFoundError as err:
+            self._load_error = (f"GPU model '{self.name}' needs torch and transformers "
+                                f"(pip install 'tandem-gateway[gpu]'): {err}")
         except Exception as err:  # reported through readiness and every request
             self._load_error = f"GPU model '{self.name}' failed to load: {err}"
 

@@ -43,6 +43,14 @@ class ChatClient(abc.ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
+    #: Built from other configured models (proxy-tuning, collaborations): rebuilt on every
+    #: reload, since the models it is made of may have changed.
+    composite: bool = False
+
+    def bind(self, clients: "dict[str, ChatClient]") -> None:
+        """Called once every configured client exists; composite clients look up the
+        models they are made of here."""
+
     async def start(self) -> None:
         """Load or connect; called once at start-up, may run in the background."""
 
@@ -112,6 +120,7 @@ def build_client(name: str, config: Any) -> ChatClient:
     # Import the built-in backends so that they register themselves.
     from clients import openai_client  # noqa: F401
     from clients.llama_cpp import client as _llama_cpp  # noqa: F401
+    from clients.proxy_tuning import client as _proxy_tuning  # noqa: F401
 
     if config.backend in _LAZY_BACKENDS:
         import importlib

@@ -58,6 +58,38 @@ class OpenAIModelConfig(_Strict):
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
+class ProxyTuningModelConfig(_Strict):
+    """A large base steered by a small expert at every token:
+    ``base + alpha * (expert - anti_expert)`` (Liu et al. 2024). Expert and anti-expert are
+    local llama_cpp models; the base is local too or any OpenAI-compatible server with a
+    token-id ``/completions`` endpoint that returns logprobs."""
+
+    backend: Literal["proxy_tuning"]
+    base: str = Field(description="configured model name (llama_cpp or openai)")
+    expert: str = Field(description="configured llama_cpp model name")
+    anti_expert: str = Field(description="configured llama_cpp model name")
+    alpha: float = Field(1.0, ge=-10, le=10, description="strength of the steering")
+    expert_system: str | None = Field(
+        None, description="system prompt only the expert sees (an expert made by prompting)")
+    base_template: Literal["chat", "plain"] = "chat"
+    expert_template: Literal["chat", "plain"] = "chat"
+    anti_expert_template: Literal["chat", "plain"] = "chat"
+    mode: Literal["reference", "certified", "speculative"] | None = Field(
+        None, description="reference: the base scores the whole vocabulary every token; "
+        "certified: the base's top-k, proven or rescored; speculative: local drafts, one "
+        "base call per draft. Default: reference for a local base, speculative for a remote")
+    base_top_k: int = Field(20, ge=1, le=1000, description="logprobs asked of a remote base")
+    on_uncertified: Literal["full", "approximate"] = Field(
+        "full", description="when the top-k bound cannot prove the choice: rescore the whole "
+        "vocabulary, or keep the top-k choice")
+    draft_tokens: int = Field(4, ge=1, le=16, description="first draft length (adapts)")
+    scoring_api: Literal["vllm", "echo"] = Field(
+        "vllm", description="vllm: prompt_logprobs + token ids (vLLM, Tandem); echo: "
+        "echo + logprobs (llama-cpp-python's server)")
+    n_ctx: int = Field(4096, ge=256, description="tokens per sequence in the scoring contexts")
+    parallel: int = Field(2, ge=1, le=16, description="proxy-tuned requests decoded at once")
+
+
 class GpuProxyTuningModelConfig(_Strict):
     """Proxy-tuning with the three models on one GPU (clients/gpu): Hugging Face Llama
     checkpoints, static KV caches, CUDA graphs, speculative drafting by the expert.
@@ -79,8 +111,9 @@ class GpuProxyTuningModelConfig(_Strict):
 
 
 ModelConfig = Annotated[
-    Union[LlamaCppModelConfig, OpenAIModelConfig,
-          GpuProxyTuningModelConfig], Field(discriminator="backend")
+    Union[LlamaCppModelConfig, OpenAIModelConfig, ProxyTuningModelConfig,
+          GpuProxyTuningModelConfig],
+    Field(discriminator="backend"),
 ]
 
 
@@ -236,6 +269,9 @@ class GatewayConfig(_Strict):
             if key.name in seen or key.key_sha256 in seen:
                 raise ValueError(f"auth.keys[{i}]: duplicate name or key")
             seen |= {key.name, key.key_sha256}
+        for name, m in self.models.items():
+            if m.backend == "proxy_tuning":
+                _check_proxy_parts(name, m, self.models)
         p = self.privacy.local_model
         if p is not None and (p not in known or self.models[p].backend != "llama_cpp"):
             raise ValueError(f"privacy.local_model: '{p}' is not a configured llama_cpp model")
@@ -249,6 +285,17 @@ class GatewayConfig(_Strict):
             if name not in known:
                 raise ValueError(f"routing.fallback[{i}]: '{name}' is not a configured model")
         return self
+
+
+def _check_proxy_parts(name: str, m: ProxyTuningModelConfig, models: dict) -> None:
+    for role, allowed in (("base", ("llama_cpp", "openai")), ("expert", ("llama_cpp",)),
+                          ("anti_expert", ("llama_cpp",))):
+        part = getattr(m, role)
+        if part not in models:
+            raise ValueError(f"models.{name}.{role}: '{part}' is not a configured model")
+        if models[part].backend not in allowed:
+            raise ValueError(f"models.{name}.{role}: '{part}' is a {models[part].backend} "
+                             f"model; a proxy-tuning {role} must be {' or '.join(allowed)}")
 
 
 class ConfigError(Exception):

@@ -41,6 +41,8 @@ class Runtime:
             name: reusable.get(name) or build_client(name, model_cfg)
             for name, model_cfg in config.models.items()
         }
+        for client in self.clients.values():
+            client.bind(self.clients)
         self.prices = {name: (m.price_input_per_mtok, m.price_output_per_mtok)
                        for name, m in config.models.items() if m.backend == "openai"}
         self.keys = {k.key_sha256: k for k in config.auth.keys}
@@ -56,7 +58,8 @@ class Runtime:
 
     def reusable_clients(self, new: GatewayConfig) -> dict[str, ChatClient]:
         return {name: client for name, client in self.clients.items()
-                if name in new.models and new.models[name] == self.config.models[name]}
+                if not client.composite
+                and name in new.models and new.models[name] == self.config.models[name]}
 
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for n, c in self.clients.items()

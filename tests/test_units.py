@@ -24,8 +24,10 @@ BASE = {
 
 def test_embedded_default_config_is_valid():
     config = load_config(None)
-    assert set(config.models) == {"local", "cloud"}
+    assert set(config.models) == {"local", "cloud", "house-style"}
     assert config.routing.default == "local"
+    steered = config.models["house-style"]
+    assert (steered.base, steered.expert, steered.anti_expert) == ("cloud", "local", "local")
 
 
 @pytest.mark.parametrize("mutate,expected", [

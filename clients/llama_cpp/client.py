@@ -72,6 +72,8 @@ class LlamaCppClient(ChatClient):
         self._load_error: str | None = None
         self._load_task: asyncio.Task | None = None
         self.model_path: str | None = None
+        self._scorer = None  # LlamaScorer, built on first use by a composite client
+        self._scorer_lock = asyncio.Lock()
         self._pieces: dict[int, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -119,6 +121,8 @@ class LlamaCppClient(ChatClient):
         return self._model
 
     async def close(self) -> None:
+        if self._scorer is not None:
+            await self._scorer.aclose()
         if self._model is not None:
             await asyncio.to_thread(self._model.engine.close)
 
@@ -143,6 +147,28 @@ class LlamaCppClient(ChatClient):
 
     def context_window(self) -> int | None:
         return self.config.n_ctx
+
+    # -- token-level access (proxy-tuning) -------------------------------------------------
+    async def token_scorer(self, n_ctx: int, n_seq: int):
+        """A token scorer on this model's weights with a context of its own (built once;
+        the first caller's sizes win)."""
+        from clients.llama_cpp.scorer import LlamaScorer
+
+        async with self._scorer_lock:
+            if self._scorer is None:
+                m = await self._loaded()
+                threads = self.config.n_threads or os.cpu_count() or 1
+                self._scorer = await asyncio.to_thread(
+                    LlamaScorer, self.name, m.llm, n_ctx, n_seq, self.config.n_batch, threads)
+            return self._scorer
+
+    def tokenize_text(self, text: str) -> list[int]:
+        assert self._model is not None
+        return self._model.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def prompt_tokens(self, body: ChatBody) -> list[int]:
+        """The chat template's rendering of ``body`` as token ids (worker thread)."""
+        return self._prepare(body)[0]
 
     # -- translation (runs in the worker: it tokenizes) ----------------------------------
     def _prepare(self, body: ChatBody) -> tuple[list[int], SamplingParams, bool]:

@@ -7,7 +7,10 @@ prompt length, same run; reps interleave the three so that drift hits all of the
   engine thread to the token's log-probability, rank and top-k (what ``/v1/completions``
   does for ``prompt_logprobs: k`` or ``echo`` + ``logprobs: k``), no token sampled;
 - logits_all: llama-cpp-python evaluates the prompt keeping every row, then numpy takes
-  the log-softmax and the top-k of all rows at once.
+  the log-softmax and the top-k of all rows at once;
+- tail scoring: what a speculative verifier sends next: the context it sent before (now
+  in the prefix cache) plus 4 drafted tokens, scored with ``prompt_logprobs_from`` (only
+  the new positions run), against scoring the whole prompt again as vLLM's API implies.
 
 Every prompt is distinct (a numbered first line), so no run reuses another's KV cache.
 
@@ -79,7 +82,8 @@ def main() -> None:
                 n_threads=threads, verbose=False)
     engine = BatchEngine(llm, n_ctx=args.tokens + 64, parallel=2, n_batch=512,
                          n_threads=threads, name="bench")
-    times: dict[str, list[float]] = {"chat prefill": [], "prompt scoring": [], "logits_all": []}
+    times: dict[str, list[float]] = {"chat prefill": [], "prompt scoring": [], "logits_all": [],
+                                     "tail scoring (4 new)": []}
     try:
         run(engine, Sequence(prompt(llm, "warm-up", args.tokens),  # first-touch costs
                              SamplingParams(max_tokens=1, temperature=0), None, None))
@@ -93,6 +97,13 @@ def main() -> None:
                 prompt_logits=lambda pos, row, p=p: score_row(row, p[pos + 1], args.k))))
             times["logits_all"].append(logits_all(ref, prompt(llm, f"ref {rep}", args.tokens),
                                                   args.k))
+            p = prompt(llm, f"tail {rep}", args.tokens)
+            run(engine, Sequence(p[:-4], SamplingParams(max_tokens=1, temperature=0), None,
+                                 None))  # the verifier's previous call, now cached
+            times["tail scoring (4 new)"].append(run(engine, Sequence(
+                p, SamplingParams(max_tokens=0, temperature=0), None, None,
+                prompt_logits=lambda pos, row, p=p: score_row(row, p[pos + 1], args.k),
+                score_from=len(p) - 5)))
     finally:
         engine.close()
     med = {name: statistics.median(v) * 1000 for name, v in times.items()}
@@ -106,7 +117,8 @@ def main() -> None:
                "logits_all_ms": round(med["logits_all"], 2),
                "scoring_overhead_ms_per_token": round(
                    (med["prompt scoring"] - med["chat prefill"]) / args.tokens, 3),
-               "scoring_vs_logits_all": round(med["prompt scoring"] / med["logits_all"], 3)})
+               "scoring_vs_logits_all": round(med["prompt scoring"] / med["logits_all"], 3),
+               "tail_scoring_ms": round(med["tail scoring (4 new)"], 2)})
 
 
 if __name__ == "__main__":

@@ -45,12 +45,29 @@ def cv_apgr(kind: str, X: np.ndarray, rows: list[dict], repeats: int) -> float:
     return float(np.mean(out))
 
 
+def calibration_miss(kind: str, X: np.ndarray, y: np.ndarray, splits: int,
+                     fraction: float = 0.3) -> tuple[float, float]:
+    """Mean and s.d. of (share sent − fraction) on the unseen 40% of ``splits`` random
+    60/40 splits of all rows, thresholds from out-of-fold scores of the 60%: whether the
+    calibration is biased, apart from the sampling noise of one small split."""
+    miss = []
+    for s in range(splits):
+        idx = np.random.default_rng(s).permutation(len(y))
+        tr, te = idx[: int(0.6 * len(y))], idx[int(0.6 * len(y)):]
+        t = threshold_for_fraction(out_of_fold(kind, X[tr], y[tr]), fraction)
+        sent = np.asarray(SCORERS[kind].train(X[tr], y[tr]).score(X[te])) >= t
+        miss.append(float(sent.mean()) - fraction)
+    return float(np.mean(miss)), float(np.std(miss))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--labels", default=LABELS)
     ap.add_argument("--embedder", default="hashing-4096")
     ap.add_argument("--holdout", type=float, default=0.3)
     ap.add_argument("--cv-repeats", type=int, default=3)
+    ap.add_argument("--calibration-splits", type=int, default=0,
+                    help="also measure the calibration's bias over N random splits")
     args = ap.parse_args()
     train_rows, test_rows = split(read_jsonl(args.labels), args.holdout)
     X, Xt = embed_rows(train_rows, args.embedder), embed_rows(test_rows, args.embedder)
@@ -81,6 +98,14 @@ def main() -> None:
           f"{len(train_rows)} training, {len(test_rows)} held-out prompts")
     print_table(["router", "APGR", "CPT(50%)", "CPT(80%)", "sent @30%", "cv APGR",
                  "train s"], rows)
+    if args.calibration_splits:
+        every = train_rows + test_rows
+        Xa, ya = np.concatenate([X, Xt]), targets(every)
+        print(f"calibration at 30% over {args.calibration_splits} random 60/40 splits of all "
+              f"{len(every)} rows (sent - 30%, mean ± s.d.):")
+        for kind in SCORERS:
+            mean, sd = calibration_miss(kind, Xa, ya, args.calibration_splits)
+            print(f"  {kind:>10}: {mean:+.1%} ± {sd:.1%}")
     emit_json({"bench": "router_quality", "embedder": args.embedder,
                "held_out": len(test_rows), "best_kind": best,
                "apgr": round(results[best]["apgr"], 4),

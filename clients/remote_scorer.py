@@ -79,6 +79,9 @@ class RemoteScorer(TokenScorer):
             body["return_tokens_as_token_ids"] = True
             if positions > 1:
                 body["prompt_logprobs"] = k
+                # Tandem scores only the draft rows and reuses its cached KV before
+                # them (vLLM ignores the field and scores the whole prompt).
+                body["prompt_logprobs_from"] = len(tokens) - (positions - 1)
         else:
             body["echo"] = positions > 1  # echo makes it score every prompt row: slow
             body["prompt"] = self.llm.detokenize(tokens, special=True).decode("utf-8", "replace")

@@ -49,6 +49,12 @@ def _grammar_for(response_format: dict | None):
         ) from None
 
 
+# llama-cpp-python silences a load by pointing file descriptors 1 and 2 at /dev/null and
+# back; two loads in parallel threads can restore each other's /dev/null and leave the
+# process without stdout/stderr (logs gone). Loads take turns.
+_LOAD_LOCK = threading.Lock()
+
+
 class _Loaded:
     """What exists once the model file is loaded (built in the worker thread)."""
 
@@ -88,8 +94,9 @@ class LlamaCppClient(ChatClient):
         threads = cfg.n_threads or os.cpu_count() or 1
         # The Llama object provides weights, vocabulary and metadata; decoding runs in
         # the batch engine's own multi-sequence context, so this one stays tiny.
-        llm = Llama(model_path=self.model_path, n_ctx=64, n_batch=64, n_threads=threads,
-                    seed=cfg.seed, verbose=False)
+        with _LOAD_LOCK:
+            llm = Llama(model_path=self.model_path, n_ctx=64, n_batch=64, n_threads=threads,
+                        seed=cfg.seed, verbose=False)
         template = cfg.chat_template or llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise RuntimeError(f"{self.model_path} has no chat template; set chat_template")

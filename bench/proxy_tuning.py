@@ -149,10 +149,11 @@ async def main(args) -> None:
     ref = remote["reference"]["texts"]
     rows = []
     for mode, r in remote.items():
+        same = sum(a == b for a, b in zip(r["texts"], ref))
         rows.append([mode, r["tokens"], r["calls_per_token"], r["full_calls"],
-                     r["seconds"] / max(1, r["tokens"]) * 1000, r["texts"] == ref])
+                     r["seconds"] / max(1, r["tokens"]) * 1000, f"{same}/{len(ref)}"])
     print_table(["remote mode", "tokens", "base calls/token", "full-vocab calls",
-                 "ms/token", "same as reference"], rows)
+                 "ms/token", "prompts same as reference"], rows)
     spec = remote["speculative"]
     emit_json({
         "bench": "proxy_tuning", "machine": machine(),

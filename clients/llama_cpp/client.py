@@ -27,7 +27,7 @@ from clients.base import (
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp.batch_engine import BatchEngine, Sequence
 from clients.llama_cpp import completion
-from clients.llama_cpp.decoding import SamplingParams, seeded
+from clients.llama_cpp.decoding import SamplingParams, sampling_from_body, seeded
 from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
 
 def _grammar_for(response_format: dict | None):
@@ -219,24 +219,10 @@ class LlamaCppClient(ChatClient):
                 f"{len(prompt) + wanted} tokens ({len(prompt)} in the messages, {wanted} in the "
                 "completion). Please reduce the length of the messages or completion."
             )
-        stop = body.get("stop") or []
-        bias = body.get("logit_bias")
-        params = SamplingParams(
-            max_tokens=wanted if wanted is not None else n_ctx - len(prompt),
-            temperature=body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0,
-            top_p=body.get("top_p") if body.get("top_p") is not None else 1.0,
-            top_k=body.get("top_k") or 0,
-            min_p=body.get("min_p") or 0.0,
-            presence_penalty=body.get("presence_penalty") or 0.0,
-            frequency_penalty=body.get("frequency_penalty") or 0.0,
-            repeat_penalty=body.get("repetition_penalty") or 1.0,
-            seed=body.get("seed"),
-            stop=[stop] if isinstance(stop, str) else list(stop),
-            logprobs=bool(body.get("logprobs")),
-            top_logprobs=body.get("top_logprobs") or 0,
-            logit_bias={int(k): float(v) for k, v in bias.items()} if bias else None,
-            grammar=_grammar_for(body.get("response_format")),
-        )
+        params = sampling_from_body(
+            body, wanted if wanted is not None else n_ctx - len(prompt),
+            logprobs=bool(body.get("logprobs")), top_logprobs=body.get("top_logprobs") or 0,
+            grammar=_grammar_for(body.get("response_format")))
         return prompt, params, use_tools
 
     # -- the bridge to the engine thread ----------------------------------------------------

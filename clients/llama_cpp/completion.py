@@ -30,7 +30,7 @@ from clients.completions import (
 )
 from clients.errors import InvalidRequest
 from clients.llama_cpp.batch_engine import Sequence
-from clients.llama_cpp.decoding import SamplingParams, seeded
+from clients.llama_cpp.decoding import SamplingParams, sampling_from_body, seeded
 
 if TYPE_CHECKING:
     from clients.llama_cpp.client import LlamaCppClient
@@ -120,24 +120,9 @@ def plan(client: "LlamaCppClient", body: dict) -> _Plan:
                 f"{wanted} in the completion). Please reduce the length of the prompt or "
                 "completion.", code="context_length_exceeded", param="prompt")
     k = _k(body.get("logprobs"), n_vocab)
-    stop = body.get("stop") or []
-    bias = body.get("logit_bias")
-    temperature = body.get("temperature")
-    params = SamplingParams(
-        max_tokens=wanted,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=body.get("top_p") if body.get("top_p") is not None else 1.0,
-        top_k=body.get("top_k") or 0,
-        min_p=body.get("min_p") or 0.0,
-        presence_penalty=body.get("presence_penalty") or 0.0,
-        frequency_penalty=body.get("frequency_penalty") or 0.0,
-        repeat_penalty=body.get("repetition_penalty") or 1.0,
-        seed=body.get("seed"),
-        stop=[stop] if isinstance(stop, str) else list(stop),
-        logprobs=k is not None,
-        logit_bias={int(t): float(v) for t, v in bias.items()} if bias else None,
-        score_token=None if k is None else (lambda token, row: score_row(row, token, k)),
-    )
+    params = sampling_from_body(
+        body, wanted, logprobs=k is not None,
+        score_token=None if k is None else (lambda token, row: score_row(row, token, k)))
     echo = bool(body.get("echo"))
     return _Plan(prompts, body.get("n") or 1, echo, k,
                  _k(body.get("prompt_logprobs"), n_vocab),

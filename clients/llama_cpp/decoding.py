@@ -43,6 +43,29 @@ def seeded(params: SamplingParams, index: int, n: int) -> SamplingParams:
     return dataclasses.replace(params, seed=params.seed + index)
 
 
+def sampling_from_body(body: dict, max_tokens: int, **extra) -> SamplingParams:
+    """The OpenAI/vLLM sampling fields of a chat or completions body (``extra``: what
+    only one endpoint sets, such as logprobs or a grammar)."""
+    stop = body.get("stop") or []
+    bias = body.get("logit_bias")
+    temperature = body.get("temperature")
+    top_p = body.get("top_p")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        top_k=body.get("top_k") or 0,
+        min_p=body.get("min_p") or 0.0,
+        presence_penalty=body.get("presence_penalty") or 0.0,
+        frequency_penalty=body.get("frequency_penalty") or 0.0,
+        repeat_penalty=body.get("repetition_penalty") or 1.0,
+        seed=body.get("seed"),
+        stop=[stop] if isinstance(stop, str) else list(stop),
+        logit_bias={int(t): float(v) for t, v in bias.items()} if bias else None,
+        **extra,
+    )
+
+
 @dataclass
 class Delta:
     text: str

@@ -313,3 +313,21 @@ def test_gemma_base_with_qwen_experts_is_refused(local_model_path):
     detail = asyncio.run(run())
     assert "do not share a vocabulary" in detail
     assert "'qwen'" in detail and "'gemma'" in detail and "262144" in detail
+
+
+def test_concurrent_requests_beyond_parallel_all_complete(tiny_gateway):
+    """More simultaneous requests than `parallel` wait their turn (none dropped, none
+    stuck holding half of the scoring slots they need)."""
+    expected = ask(sdk(tiny_gateway), "pt", max_tokens=12).choices[0].message.content
+
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=tiny_gateway.url + "/v1", api_key="unused",
+                                    max_retries=0, timeout=120)
+        calls = [client.chat.completions.create(
+            model="pt", messages=[{"role": "user", "content": QUESTION}], temperature=0,
+            max_tokens=12) for _ in range(6)]
+        answers = await asyncio.gather(*calls)
+        await client.close()
+        return [a.choices[0].message.content for a in answers]
+
+    assert asyncio.run(run()) == [expected] * 6

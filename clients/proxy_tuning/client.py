@@ -52,6 +52,10 @@ class ProxyTuningClient(ChatClient):
         self._clients: dict[str, ChatClient] = {}
         self._built: _Built | None = None
         self._build_task: asyncio.Task | None = None
+        # At most `parallel` generations hold scoring slots; the rest wait their turn.
+        # Each takes its slots (base, expert, anti-expert) while inside, so requests can
+        # never each hold part of what they need and wait on one another.
+        self._turns = asyncio.Semaphore(config.parallel)
         self._error: str | None = None
         self.stats = DecodeStats()  # summed over finished requests (benchmarks read it)
 
@@ -108,7 +112,8 @@ class ProxyTuningClient(ChatClient):
 
     async def _local_scorer(self, client: ChatClient) -> LlamaScorer:
         assert isinstance(client, LlamaCppClient)
-        return await client.token_scorer(self.config.n_ctx, 2 * self.config.parallel)
+        # three sessions per generation when one model plays several roles
+        return await client.token_scorer(self.config.n_ctx, 3 * self.config.parallel)
 
     async def _build(self) -> _Built:
         cfg = self.config
@@ -187,19 +192,20 @@ class ProxyTuningClient(ChatClient):
         text = TextAssembler(built.llm, SamplingParams(
             max_tokens=max_tokens, stop=[stop] if isinstance(stop, str) else list(stop)))
         parts = Parts(**{**built.parts.__dict__, "stats": DecodeStats()})
-        tokens = ProxyDecoder(parts).generate(prompts, sampling)
         reason = "length"
-        try:
-            async for token in tokens:
-                delta, finish = text.push(token, None)
-                if delta is not None and delta.text:
-                    yield ("delta", delta.text)
-                if finish is not None:
-                    reason = finish
-                    break
-        finally:
-            await tokens.aclose()
-            self.stats.add(parts.stats)
+        async with self._turns:
+            tokens = ProxyDecoder(parts).generate(prompts, sampling)
+            try:
+                async for token in tokens:
+                    delta, finish = text.push(token, None)
+                    if delta is not None and delta.text:
+                        yield ("delta", delta.text)
+                    if finish is not None:
+                        reason = finish
+                        break
+            finally:
+                await tokens.aclose()
+                self.stats.add(parts.stats)
         yield ("finish", reason, len(prompts.base), text.completion_tokens)
 
     async def chat(self, body: ChatBody) -> dict:

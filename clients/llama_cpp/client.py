@@ -9,7 +9,6 @@ that goes away sets the cancel flag, checked by the engine at every step.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -27,27 +26,8 @@ from clients.base import (
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp.batch_engine import BatchEngine, Sequence
 from clients.llama_cpp import completion
-from clients.llama_cpp.decoding import SamplingParams, sampling_from_body, seeded
+from clients.llama_cpp.decoding import SamplingParams, grammar_for, sampling_from_body, seeded
 from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
-
-def _grammar_for(response_format: dict | None):
-    """llama.cpp grammar constraining output to JSON (or to a JSON schema)."""
-    if not response_format or response_format.get("type", "text") == "text":
-        return None
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-    kind = response_format["type"]
-    try:
-        if kind == "json_object":
-            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        schema = (response_format.get("json_schema") or {}).get("schema") or {}
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except Exception as err:  # the converter raises plain Exceptions on unsupported schemas
-        raise InvalidRequest(
-            f"response_format: cannot turn this JSON schema into a grammar: {err}",
-            param="response_format",
-        ) from None
-
 
 # llama-cpp-python silences a load by pointing file descriptors 1 and 2 at /dev/null and
 # back; two loads in parallel threads can restore each other's /dev/null and leave the
@@ -222,7 +202,7 @@ class LlamaCppClient(ChatClient):
         params = sampling_from_body(
             body, wanted if wanted is not None else n_ctx - len(prompt),
             logprobs=bool(body.get("logprobs")), top_logprobs=body.get("top_logprobs") or 0,
-            grammar=_grammar_for(body.get("response_format")))
+            grammar=grammar_for(body.get("response_format")))
         return prompt, params, use_tools
 
     # -- the bridge to the engine thread ----------------------------------------------------

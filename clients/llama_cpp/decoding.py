@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import llama_cpp
 import numpy as np
 
+from clients.errors import InvalidRequest
 from clients.llama_cpp.internals import is_end_of_generation
 
 
@@ -206,3 +208,22 @@ class TextAssembler:
             delta, self.pending_lp = Delta(tail, self.pending_lp), []
             return delta
         return None
+
+
+def grammar_for(response_format: dict | None):
+    """llama.cpp grammar constraining output to JSON (or to a JSON schema)."""
+    if not response_format or response_format.get("type", "text") == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    kind = response_format["type"]
+    try:
+        if kind == "json_object":
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as err:  # the converter raises plain Exceptions on unsupported schemas
+        raise InvalidRequest(
+            f"response_format: cannot turn this JSON schema into a grammar: {err}",
+            param="response_format",
+        ) from None

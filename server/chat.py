@@ -35,6 +35,18 @@ def sse_event(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def stream_failure(err: Exception, source: str, record: RequestRecord) -> bytes:
+    """The in-band error event for a stream whose status line is already sent: an
+    OpenAI error object for Tandem's errors, a generic one (no stack trace) otherwise."""
+    record.status = "stream_error"
+    if isinstance(err, TandemError):
+        log.warning("stream from %s failed: %s", source, err.message)
+        return sse_event(err.body())
+    log.error("stream from %s failed", source, exc_info=err)
+    return sse_event({"error": {"message": f"stream failed ({type(err).__name__})",
+                                "type": "server_error", "param": None, "code": None}})
+
+
 def _headers(route: str, reason: str, client: ChatClient | None = None) -> dict[str, str]:
     # Header values must be latin-1; reasons may quote model names, keep them ASCII.
     return {"x-tandem-route": route,
@@ -231,16 +243,8 @@ class ChatService:
                     name = decision.chain[link]
                     record.route = name
                     resumed = True
-        except TandemError as err:
-            # Status is already sent: report in-band, then end the stream without [DONE].
-            log.warning("stream from %s failed: %s", name, err.message)
-            record.status = "stream_error"
-            yield sse_event(err.body())
-        except Exception as err:  # never a stack trace on the wire
-            log.exception("stream from %s failed", name)
-            record.status = "stream_error"
-            yield sse_event({"error": {"message": f"stream failed ({type(err).__name__})",
-                                       "type": "server_error", "param": None, "code": None}})
+        except Exception as err:  # noqa: BLE001 - status is sent: report in-band, no [DONE]
+            yield stream_failure(err, name, record)
         finally:
             await chunks.aclose()
             if not record.completion_tokens:

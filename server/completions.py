@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from clients.errors import InvalidRequest, TandemError
-from server.chat import DONE, SSE_HEADERS, _headers, sse_event
+from server.chat import DONE, SSE_HEADERS, _headers, sse_event, stream_failure
 from server.completion_schema import validate_completion_request
 from server.observe import RequestRecord
 
@@ -117,15 +117,8 @@ async def _sse(first: dict | None, chunks: AsyncIterator[dict], name: str,
                 yield sse_event(chunk)
             chunk = await anext(chunks, None)
         yield DONE
-    except TandemError as err:
-        log.warning("completion stream from %s failed: %s", name, err.message)
-        record.status = "stream_error"
-        yield sse_event(err.body())
-    except Exception as err:  # never a stack trace on the wire
-        log.exception("completion stream from %s failed", name)
-        record.status = "stream_error"
-        yield sse_event({"error": {"message": f"stream failed ({type(err).__name__})",
-                                   "type": "server_error", "param": None, "code": None}})
+    except Exception as err:  # noqa: BLE001 - status is sent: report in-band
+        yield stream_failure(err, name, record)
     finally:
         await chunks.aclose()
         service._finish(record)

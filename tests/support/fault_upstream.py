@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import threading
 import time
 from collections import deque
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.support.servers import free_port
+from tests.support.threaded_server import ThreadedServer
 
 
 def _completion(text: str) -> dict:
@@ -36,32 +34,17 @@ def _chunk(delta: dict, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-class FaultUpstream:
+class FaultUpstream(ThreadedServer):
     def __init__(self) -> None:
         self.behaviours: deque[dict] = deque()
         self.requests: list[dict] = []
         self.mix: list[tuple[float, dict]] = []  # (probability, behaviour) when unscripted
         self._rng = random.Random(0)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        app = Starlette(routes=[
+        super().__init__(Starlette(routes=[
             Route("/v1/models", self._models),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._legacy, methods=["POST"]),
-        ])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                     log_level="error", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def start(self) -> "FaultUpstream":
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
+        ]))
 
     def set_mix(self, mix: list[tuple[float, dict]], seed: int = 0) -> None:
         """Unscripted requests draw a behaviour at these rates (the rest are ``ok``)."""

@@ -8,43 +8,26 @@ bytes (request line, headers, body) for canaries.
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.support.servers import free_port
+from tests.support.threaded_server import ThreadedServer
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
 
-class RecordingUpstream:
+class RecordingUpstream(ThreadedServer):
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")  # e.g. http://127.0.0.1:1234 (no /v1)
         self.received: list[bytes] = []  # one entry per request: line, headers and body
         self._lock = threading.Lock()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        app = Starlette(routes=[Route("/{path:path}", self._forward,
-                                      methods=["GET", "POST", "PUT", "DELETE"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                     log_level="error", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        super().__init__(Starlette(routes=[Route("/{path:path}", self._forward,
+                                                 methods=["GET", "POST", "PUT", "DELETE"])]))
         self._http: httpx.AsyncClient | None = None
-
-    def start(self) -> "RecordingUpstream":
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
 
     def all_bytes(self) -> bytes:
         with self._lock:

@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CLOUD_PORT ?= 8001
 
-.PHONY: serve test venv models sysdeps bench clean
+.PHONY: serve test venv models sysdeps bench clean router-labels
 
 venv: $(STAMP)
 
@@ -58,3 +58,18 @@ bench: venv models $(BENCH_VENV)/bin/litellm
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache
+
+# The broad router label set (issue 12): hours of CPU on 2 cores, resumable. Labels in
+# rounds of prompt-file prefixes, so that every round yields finished, graded rows of
+# every task type (the prompt file is shuffled by type); rerun to continue.
+LABEL_PORT ?= 8100
+LABEL_ROUNDS ?= 600 1200 1800 2418
+router-labels: venv models
+	$(BIN)/tandem serve-stack --port $(LABEL_PORT) --cloud-port $$(($(LABEL_PORT)+1)) --log-level warning & \
+	  stack=$$!; trap "kill $$stack" EXIT; \
+	  until curl -sf http://127.0.0.1:$(LABEL_PORT)/ready >/dev/null; do sleep 2; done; \
+	  for n in $(LABEL_ROUNDS); do \
+	    $(BIN)/tandem router label --prompts routers/data/broad-prompts.jsonl \
+	      --base-url http://127.0.0.1:$(LABEL_PORT)/v1 --concurrency 8 --limit $$n \
+	      --out routers/data/broad-qwen0.5b-vs-1.5b.jsonl || exit 1; \
+	  done

@@ -5,12 +5,10 @@ several prompts in flight so a batching server stays busy. Output is JSONL with
 ``weak_score`` and ``strong_score`` in [0, 1]; a rerun skips prompts already labelled
 and answers already cached.
 
-Graders:
-- ``exact``: normalised answer equals ``reference``;
-- ``numeric``: the last number in the answer equals ``reference`` (within 1e-6);
-- ``unit_tests``: HumanEval style; ``prompt`` + the model's code + ``test`` +
-  ``check(entry_point)`` run in a fresh Python subprocess with a timeout;
-- ``judge``: a configured model scores the answer 1–10 (→ 0..1) against ``reference``.
+Graders (routers/graders.py): ``exact``, ``numeric``, ``choice``, ``contains``, ``math``,
+``unit_tests``, ``python_tests``, ``ifeval``; and ``judge``, where a configured model
+scores the answer 1–10 (→ 0..1) against ``reference``. One grader for the whole run, or
+each row's own ``grader`` (and ``max_tokens``) when the run names none.
 """
 
 from __future__ import annotations
@@ -18,54 +16,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import re
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import httpx
 from tqdm import tqdm
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.strip().lower().split()).rstrip(".")
-
-
-def grade_exact(row: dict, answer: str) -> float:
-    return float(_normalise(answer) == _normalise(str(row["reference"])))
-
-
-def grade_numeric(row: dict, answer: str) -> float:
-    numbers = _NUMBER.findall(answer.replace(",", ""))
-    return float(bool(numbers) and abs(float(numbers[-1]) - float(row["reference"])) < 1e-6)
-
-
-def extract_code(prompt: str, answer: str) -> str:
-    """The model's function: a fenced block if there is one, else the raw answer; a
-    completion that does not redefine the function is appended to the prompt."""
-    blocks = _CODE.findall(answer)
-    code = max(blocks, key=len) if blocks else answer
-    return code if re.search(r"^\s*def \w+", code, re.M) else prompt + code
-
-
-def grade_unit_tests(row: dict, answer: str, timeout_s: float = 10.0) -> float:
-    program = (row["prompt"] + "\n" + extract_code(row["prompt"], answer) + "\n\n"
-               + row["test"] + f"\n\ncheck({row['entry_point']})\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidate.py"
-        path.write_text(program)
-        try:
-            r = subprocess.run([sys.executable, "-I", str(path)], cwd=tmp, timeout=timeout_s,
-                               capture_output=True)
-        except subprocess.TimeoutExpired:
-            return 0.0
-    return float(r.returncode == 0)
-
+from routers.graders import _NUMBER, GRADERS
 
 JUDGE_PROMPT = ("Rate the answer to the question from 1 (useless) to 10 (perfect). Reply "
                 "with the number only.\n\nQuestion:\n{q}\n\nReference (may be empty):\n{ref}"
@@ -119,11 +78,16 @@ def _read_cache(path: Path) -> dict[tuple[str, str], str]:
 
 
 async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: str,
-                grader: str, judge: str | None, max_tokens: int, concurrency: int,
+                grader: str | None, judge: str | None, max_tokens: int, concurrency: int,
                 api_key: str | None = None) -> int:
     """Answers come in two passes, all weak then all strong (on a small machine the two
     models would otherwise fight for the same cores), cached in ``<out>.answers`` so an
     interrupted run resumes; then every pair is graded and written to ``out``."""
+    for row in rows:
+        name = grader or row.get("grader")
+        if name != "judge" and name not in GRADERS:
+            raise ValueError(f"prompt {row.get('id')!r}: grader {name!r} is not one of "
+                             f"{', '.join(sorted(GRADERS))}, judge")
     done = set()
     if out.exists():
         done = {json.loads(line)["id"] for line in out.read_text().splitlines() if line}
@@ -140,7 +104,7 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
             async with sem:
                 r = await http.post("chat/completions", json={
                     "model": model, "messages": messages, "temperature": 0,
-                    "max_tokens": max_tokens})
+                    "max_tokens": int(row.get("max_tokens") or max_tokens)})
             r.raise_for_status()
             return model, row, r.json()["choices"][0]["message"]["content"] or ""
 
@@ -157,18 +121,18 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
                         bar.update(1)
 
         async def grade(row: dict, text: str) -> float:
-            if grader == "judge":
+            name = grader or row["grader"]
+            if name == "judge":
                 return await grade_judge(http, judge or strong, row, text)
-            fn = {"exact": grade_exact, "numeric": grade_numeric,
-                  "unit_tests": grade_unit_tests}[grader]
-            return await asyncio.to_thread(fn, row, text)
+            return await asyncio.to_thread(GRADERS[name], row, text)
 
         with open(out, "a") as f:
             for row in tqdm(todo, desc="grade", unit="prompt"):
                 scores = [await grade(row, cache[(m, row["id"])]) for m in (weak, strong)]
-                keep = {k: row[k] for k in ("id", "prompt", "messages", "reference")
-                        if k in row}
+                keep = {k: row[k] for k in ("id", "type", "source", "prompt", "messages",
+                                            "reference") if k in row}
                 f.write(json.dumps({**keep, "weak_score": scores[0], "strong_score": scores[1],
                                     "weak_model": weak, "strong_model": strong,
-                                    "grader": grader}) + "\n")
+                                    "grader": grader or row["grader"]},
+                                   ensure_ascii=False) + "\n")
     return len(todo)

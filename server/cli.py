@@ -128,7 +128,19 @@ def _router(args: argparse.Namespace) -> int:
 
     from routers import tools
 
-    if args.router_command == "label":
+    if args.router_command == "prompts":
+        from pathlib import Path
+
+        from clients.model_store import cache_dir
+        from routers import datasets
+
+        rows = datasets.build(cache_dir().parent / "datasets", args.seed)
+        datasets.write(rows, Path(args.out))
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["type"]] = counts.get(row["type"], 0) + 1
+        result = {"prompts": len(rows), "types": counts, "out": args.out}
+    elif args.router_command == "label":
         import asyncio
         from pathlib import Path
 
@@ -173,6 +185,8 @@ def _router(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from routers.graders import GRADERS
+
     parser = argparse.ArgumentParser(prog="tandem", description="SLM-LLM collaboration gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -209,16 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = router.add_subparsers(dest="router_command", required=True)
     lb = rsub.add_parser("label", help="answer with weak and strong models, grade both")
     lb.add_argument("--prompts", required=True, help="JSONL file, or 'humaneval'")
-    lb.add_argument("--grader", required=True,
-                    choices=["exact", "numeric", "unit_tests", "judge"])
+    lb.add_argument("--grader", choices=["judge", *sorted(GRADERS)],
+                    help="one grader for every prompt (default: each row's own 'grader')")
     lb.add_argument("--out", required=True, help="JSONL; a rerun resumes")
     lb.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     lb.add_argument("--weak", default="local")
     lb.add_argument("--strong", default="cloud")
     lb.add_argument("--judge", help="model that grades (judge grader; default: strong)")
-    lb.add_argument("--max-tokens", type=int, default=512)
+    lb.add_argument("--max-tokens", type=int, default=512,
+                    help="for rows without their own 'max_tokens'")
     lb.add_argument("--concurrency", type=int, default=4)
     lb.add_argument("--limit", type=int)
+    pr = rsub.add_parser("prompts", help="write the broad, checkable prompt set (PyPI data)")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--seed", type=int, default=0)
     tr = rsub.add_parser("train", help="train a router on a label file")
     tr.add_argument("--kind", required=True, choices=["mf", "knn", "classifier"])
     tr.add_argument("--labels", required=True)
@@ -238,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--save", action="store_true",
                     help="store these prompts' scores in the checkpoint: a configured "
                     "routing.router.cloud_fraction then follows them")
-    for p in (lb, tr, ev, ca):
+    for p in (pr, lb, tr, ev, ca):
         p.set_defaults(func=_router)
 
     keys = sub.add_parser("keys", help="API keys")

@@ -259,7 +259,7 @@ def test_calibration_hits_the_requested_fraction_on_held_out_prompts(kind, tmp_p
 
 
 def test_graders():
-    from routers.label import extract_code, grade_exact, grade_numeric, grade_unit_tests
+    from routers.graders import extract_code, grade_exact, grade_numeric, grade_unit_tests
 
     assert grade_exact({"reference": "Paris"}, "  paris. ") == 1.0
     assert grade_numeric({"reference": 1234}, "so the total is 1,234") == 1.0

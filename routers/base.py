@@ -91,6 +91,18 @@ def make_embedder(name: str):
     return factories[kind]()
 
 
+def shipped_checkpoint(name: str):
+    """A checkpoint path as given, or the shipped checkpoint of that name (``broad-knn``
+    -> routers/checkpoints/broad-knn.npz)."""
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    shipped = Path(__file__).resolve().parent / "checkpoints" / f"{name}.npz"
+    if not path.exists() and "/" not in name and not name.endswith(".npz") and shipped.exists():
+        return shipped
+    return path
+
+
 def load_router(kind: str, checkpoint_path: str | None, embedder) -> Router:
     """A router of ``kind``: random needs nothing, learned kinds their checkpoint."""
     if kind == "random":
@@ -99,6 +111,7 @@ def load_router(kind: str, checkpoint_path: str | None, embedder) -> Router:
 
     if checkpoint_path is None:
         raise ValueError(f"router '{kind}' needs a checkpoint (routing.routers.{kind})")
+    checkpoint_path = str(shipped_checkpoint(checkpoint_path))
     scorer, meta = checkpoint.load(checkpoint_path, embedder.name, embedder.dim)
     if meta["kind"] != kind:
         raise checkpoint.CheckpointError(

@@ -35,6 +35,12 @@ class EmbeddingScorer(abc.ABC):
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "EmbeddingScorer": ...
 
 
+def _row_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    """Per-row loss weights summing to 1 (uniform without ``weights``)."""
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    return w / max(w.sum(), 1e-12)
+
+
 class _Adam:
     def __init__(self, params: dict[str, np.ndarray], lr: float) -> None:
         self.lr, self.t = lr, 0
@@ -73,8 +79,9 @@ class MFScorer(EmbeddingScorer):
     @classmethod
     def train(cls, X: np.ndarray, y: np.ndarray, k: int = 64, epochs: int = 200,
               lr: float = 3e-3, noise: float = 0.01, l2: float = 1e-4,
-              seed: int = 0) -> "MFScorer":
-        """Binary cross-entropy on (embedding, strong-needed) pairs, Gaussian noise on e."""
+              seed: int = 0, weights: np.ndarray | None = None) -> "MFScorer":
+        """Binary cross-entropy on (embedding, strong-needed) pairs, Gaussian noise on e;
+        ``weights`` scale each row's loss (traffic labels against shipped ones)."""
         rng = np.random.default_rng(seed)
         d = X.shape[1]
         p = {"W": rng.normal(0, 1 / np.sqrt(d), (k, d)), "v_s": rng.normal(0, 1, k),
@@ -82,12 +89,13 @@ class MFScorer(EmbeddingScorer):
              "b": np.zeros(1)}
         opt = _Adam(p, lr)
         y = y.astype(np.float64)
+        w = _row_weights(weights, len(y))
         for _ in range(epochs):
             e = X + rng.normal(0, noise, X.shape)
             h = e @ p["W"].T  # (n, k)
             dv = p["v_s"] - p["v_w"]
             z = (h * dv) @ p["w"] + p["b"][0]
-            g = (sigmoid(z) - y) / len(y)  # dBCE/dz
+            g = (sigmoid(z) - y) * w  # dBCE/dz, weighted mean
             gw = (h * dv).T @ g
             gh = np.outer(g, p["w"] * dv)  # (n, k)
             gdv = (h * np.outer(g, p["w"])).sum(0)
@@ -110,9 +118,12 @@ class KNNScorer(EmbeddingScorer):
 
     kind = "knn"
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, k: int = 10, temperature: float = 0.05):
+    def __init__(self, X: np.ndarray, y: np.ndarray, k: int = 10, temperature: float = 0.05,
+                 w: np.ndarray | None = None):
         self.X, self.y = X.astype(np.float32), y.astype(np.float32)
         self.k, self.temperature = int(k), float(temperature)
+        self.w = (np.ones(len(self.y), np.float32) if w is None
+                  else np.asarray(w, np.float32))
 
     def score(self, e: np.ndarray) -> np.ndarray:
         single = e.ndim == 1
@@ -121,20 +132,22 @@ class KNNScorer(EmbeddingScorer):
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(sims, idx, axis=1)
         weights = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)
+        weights = weights * self.w[idx]
         p = (weights * self.y[idx]).sum(1) / weights.sum(1)
         return p[0] if single else p
 
     @classmethod
-    def train(cls, X: np.ndarray, y: np.ndarray, k: int = 10) -> "KNNScorer":
-        return cls(X, y, k)
+    def train(cls, X: np.ndarray, y: np.ndarray, k: int = 10,
+              weights: np.ndarray | None = None) -> "KNNScorer":
+        return cls(X, y, k, w=weights)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"X": self.X, "y": self.y, "k": np.array([self.k]),
-                "temperature": np.array([self.temperature])}
+                "temperature": np.array([self.temperature]), "w": self.w}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> "KNNScorer":
-        return cls(a["X"], a["y"], int(a["k"][0]), float(a["temperature"][0]))
+        return cls(a["X"], a["y"], int(a["k"][0]), float(a["temperature"][0]), a.get("w"))
 
 
 class LogisticScorer(EmbeddingScorer):
@@ -150,11 +163,12 @@ class LogisticScorer(EmbeddingScorer):
 
     @classmethod
     def train(cls, X: np.ndarray, y: np.ndarray, epochs: int = 300, lr: float = 1e-2,
-              l2: float = 1e-3) -> "LogisticScorer":
+              l2: float = 1e-3, weights: np.ndarray | None = None) -> "LogisticScorer":
         p = {"w": np.zeros(X.shape[1]), "b": np.zeros(1)}
         opt = _Adam(p, lr)
+        rw = _row_weights(weights, len(y))
         for _ in range(epochs):
-            g = (sigmoid(X @ p["w"] + p["b"][0]) - y) / len(y)
+            g = (sigmoid(X @ p["w"] + p["b"][0]) - y) * rw
             opt.step(p, {"w": X.T @ g + l2 * p["w"], "b": np.array([g.sum()])})
         return cls(p["w"], float(p["b"][0]))
 

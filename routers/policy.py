@@ -2,8 +2,10 @@
 
 Names: an explicit model, an alias, ``router-<kind>-<threshold>`` (RouteLLM's naming:
 the router's p_strong against the threshold picks ``strong`` or ``weak``), and
-``tandem`` (the configured router and threshold, or the default model). Rules before
-the score: a conversation longer than the weak model's context goes to the strong one.
+``tandem``. For ``tandem``, in order: a key past its budget share gets the weak model;
+the operator's ``routing.rules`` (first match); a conversation longer than the weak
+model's context goes to the strong one; then the live router (routers/online.py) at the
+key's or the configured cloud fraction; the default model when no router is set.
 Kept apart from *how* a model answers (clients/) and *where, with fallback* (the chain
 returned here and walked by the server).
 """
@@ -16,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from clients.errors import ModelNotFound
-from routers.base import Router, load_router, make_embedder
-from routers.embed import conversation_text
+from routers.base import LearnedRouter, Router, load_router, make_embedder
+from routers.online import LiveRouter
+from routers.rules import RouteContext, Rule, first_match, rules_from_config
 
 POLICY_NAME = "tandem"
 ROUTER_NAME = re.compile(r"^router-([a-z_]+)-([01](?:\.\d+)?)$")
-CHARS_PER_TOKEN = 3.0  # conservative estimate for the context rule (no tokenizer needed)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class Decision:
     reason: str
     rule: str = "explicit"  # which rule decided: explicit, alias, default, router-<kind>, ...
     score: float | None = None  # the router's p_strong, when a router decided
+    threshold: float | None = None
+    routed: bool = False  # `tandem` (or a router name) decided it: feedback can teach
+    explored: bool = False  # sent to the model the router did not pick
+    features: object = None  # the prompt embedding, when one was computed
 
     @property
     def model(self) -> str:
@@ -43,7 +49,8 @@ class Policy:
                  aliases: dict[str, str] | None = None, routers: dict[str, Router] | None = None,
                  strong: str | None = None, weak: str | None = None,
                  policy_router: tuple[str, float, str] | None = None,
-                 weak_context: int | None = None) -> None:
+                 weak_context: int | None = None, rules: list[Rule] | None = None,
+                 live: LiveRouter | None = None, downgrade_at: float | None = None) -> None:
         self.models = list(models)
         self.default = default
         self.fallback = list(fallback)
@@ -52,20 +59,28 @@ class Policy:
         self.strong, self.weak = strong, weak
         self.policy_router = policy_router  # (kind, threshold, where from) for `tandem`
         self.weak_context = weak_context
+        self.rules = list(rules or [])
+        self.live = live  # the learned router behind `tandem`, when there is one
+        self.downgrade_at = downgrade_at
 
     @classmethod
-    def from_config(cls, config) -> "Policy":
+    def from_config(cls, config, store=None, metrics=None) -> "Policy":
         r = config.routing
         routers: dict[str, Router] = {}
+        live = None
         if r.strong and r.weak:
             embedder = make_embedder(r.embedder)
             kinds = set(r.routers) | {"random"} | ({r.router.kind} if r.router else set())
             routers = {k: load_router(k, r.routers.get(k), embedder) for k in kinds}
+            if r.router and isinstance(routers[r.router.kind], LearnedRouter):
+                live = LiveRouter(routers[r.router.kind], r.router.kind, r, store, metrics)
+                routers[r.router.kind] = live
         weak_ctx = None
         if r.weak and getattr(config.models[r.weak], "n_ctx", None):
             weak_ctx = config.models[r.weak].n_ctx
         return cls(list(config.models), r.default, r.fallback, r.aliases, routers, r.strong,
-                   r.weak, _policy_plan(r.router, routers), weak_ctx)
+                   r.weak, _policy_plan(r.router, routers), weak_ctx,
+                   rules_from_config(r.rules), live, r.budget_downgrade_at)
 
     def names(self) -> list[str]:
         """Every name a caller may ask for, in the order /v1/models lists them."""
@@ -86,27 +101,72 @@ class Policy:
             raise ModelNotFound(requested, self.names())
         return kind, threshold, "model name"
 
-    async def route(self, requested: str, body: dict[str, Any]) -> Decision:
-        """``decide``, plus the routers: scoring runs in a worker thread (it embeds)."""
+    async def route(self, requested: str, body: dict[str, Any],
+                    ctx: RouteContext | None = None, dry_run: bool = False) -> Decision:
+        """``decide``, plus rules and routers; scoring runs in a worker thread (it embeds).
+        A dry run decides without counting towards the traffic the router tracks."""
+        ctx = ctx or RouteContext(body)
+        policy = requested == POLICY_NAME
+        if policy:
+            pre = self._before_router(ctx)
+            if pre is not None:
+                return pre
         plan = self._router_for(requested)
         if plan is None:
             return self.decide(requested, body)
         kind, threshold, source = plan
-        messages = body.get("messages") or []
+        router = self.routers[kind]
+        if not policy and self.weak_context and self.strong:
+            too_long = self._context_rule(ctx)
+            if too_long is not None:
+                return too_long
+        if policy and isinstance(router, LiveRouter):
+            threshold, source = router.threshold(ctx.key_cloud_fraction)
+            if ctx.key_cloud_fraction is not None:
+                source = f"key '{ctx.key_name}' {source}"
+        features = None
+        if isinstance(router, LiveRouter):
+            features = await asyncio.to_thread(router.embed, ctx.messages)
+            p = router.score_embedding(features)
+        else:
+            p = await asyncio.to_thread(router.p_strong, ctx.messages)
+        strong = p >= threshold
+        op = ">=" if strong else "<"
+        explored = False
+        if policy and isinstance(router, LiveRouter) and not dry_run:
+            router.observe(p, features)
+            explored = router.explore(strong, ctx.key_cloud_fraction)
+            router.went(strong != explored)
+        target = self.strong if strong != explored else self.weak
+        reason = (f"router {kind} p_strong={p:.3f} {op} {threshold:.4g} ({source}) "
+                  f"-> '{target}'" + (" (exploring)" if explored else ""))
+        return Decision(self.chain_from(target), reason, f"router-{kind}", score=p,
+                        threshold=threshold, routed=True, explored=explored,
+                        features=features)
+
+    def _context_rule(self, ctx: RouteContext) -> Decision | None:
+        tokens = ctx.prompt_tokens()
+        if tokens > self.weak_context:
+            return Decision(self.chain_from(self.strong),
+                            f"prompt ~{tokens} tokens exceeds '{self.weak}' context "
+                            f"{self.weak_context}", "context_length", routed=True)
+        return None
+
+    def _before_router(self, ctx: RouteContext) -> Decision | None:
+        """`tandem`'s decisions that need no score: budget, operator rules, context."""
+        share = ctx.downgrade_at if ctx.downgrade_at is not None else self.downgrade_at
+        if share is not None and ctx.budget_share is not None and ctx.budget_share >= share:
+            return Decision(self.chain_from(self.weak),
+                            f"key '{ctx.key_name}' has spent {ctx.budget_share:.0%} of its "
+                            f"budget (downgrade at {share:.0%}) -> '{self.weak}'", "budget",
+                            routed=True)
+        rule = first_match(self.rules, ctx)
+        if rule is not None:
+            return Decision(self.chain_from(rule.use), f"rule '{rule.name}' -> '{rule.use}'",
+                            f"rule:{rule.name}", routed=True)
         if self.weak_context and self.strong:
-            chars = len(conversation_text(messages, budget_chars=10**9))
-            if chars / CHARS_PER_TOKEN > self.weak_context:
-                return Decision(self.chain_from(self.strong),
-                                f"prompt ~{int(chars / CHARS_PER_TOKEN)} tokens exceeds "
-                                f"'{self.weak}' context {self.weak_context}",
-                                "context_length")
-        p = await asyncio.to_thread(self.routers[kind].p_strong, messages)
-        target = self.strong if p >= threshold else self.weak
-        op = ">=" if p >= threshold else "<"
-        return Decision(self.chain_from(target),
-                        f"router {kind} p_strong={p:.3f} {op} {threshold:.4g} ({source}) "
-                        f"-> '{target}'",
-                        f"router-{kind}", score=p)
+            return self._context_rule(ctx)
+        return None
 
     def chain_from(self, model: str) -> tuple[str, ...]:
         """``model`` followed by the fallback models after it in the configured chain."""
@@ -141,3 +201,10 @@ def _policy_plan(cfg, routers: dict[str, Router]) -> tuple[str, float, str] | No
         return cfg.kind, cfg.threshold, "configured threshold"
     threshold = routers[cfg.kind].threshold_for(cfg.cloud_fraction)
     return cfg.kind, threshold, f"threshold for cloud_fraction {cfg.cloud_fraction:g}"
+
+
+def describe(decision: Decision) -> dict[str, Any]:
+    """The dry-run view of a decision (POST /v1/tandem/route)."""
+    return {"model": decision.model, "chain": list(decision.chain), "rule": decision.rule,
+            "p_strong": decision.score, "threshold": decision.threshold,
+            "explored": decision.explored, "reason": decision.reason}

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from clients.errors import InvalidRequest, TandemError
 from server.auth import AuthMiddleware, hash_key
+from server import tandem_api
 from server.completions import handle_completion
 from server.config import ConfigError, GatewayConfig
 from server.errors import install_error_handlers
@@ -40,12 +41,14 @@ def _json(obj: object, status: int = 200) -> Response:
 def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI:
     """``config_path`` is what a reload re-reads (None: the embedded default)."""
     store = None
-    if config.auth.keys:
+    if config.auth.keys or config.routing.learning.enabled:
         store = (RedisState(config.state.redis_url) if config.state.redis_url
                  else SQLiteState(config.state.sqlite_path))
     first = Runtime(config, None, store)
     metrics = GatewayMetrics(first.clients, first.prices) if config.server.metrics else None
     first.service.metrics = metrics
+    if first.policy.live is not None:
+        first.policy.live.metrics = metrics
     holder = RuntimeHolder(first, config_path, metrics, store)
 
     def on_sighup() -> None:
@@ -87,6 +90,14 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
         return await handle_completion(holder.current, request)
 
     app.add_route("/v1/completions", completions, methods=["POST"])
+
+    for path, handler, methods in (("/v1/tandem/feedback", tandem_api.feedback, ["POST"]),
+                                   ("/v1/tandem/router", tandem_api.router_status, ["GET"]),
+                                   ("/v1/tandem/route", tandem_api.route_dry_run, ["POST"])):
+        async def endpoint(request: Request, handler=handler) -> Response:
+            return await handler(holder.current, request)
+
+        app.add_route(path, endpoint, methods=methods)
 
     @app.get("/v1/tandem/egress/{request_id}")
     async def egress_audit(request_id: str, request: Request) -> Response:

@@ -74,16 +74,21 @@ class Gatekeeper:
     def __init__(self, store: StateStore | None) -> None:
         self.store = store
 
-    async def admit(self, key, model: str) -> None:
+    async def admit(self, key, model: str, downgrade: bool = False) -> float | None:
+        """Checks the key's model list, budget and limits; returns the share of its
+        budget spent (None without a budget). With ``downgrade`` (a budget-aware
+        `tandem` request), a spent budget is not refused: the policy answers locally."""
         if key is None or self.store is None:
-            return
+            return None
         if key.models and model not in key.models:
             raise TandemError(f"API key '{key.name}' may not use model '{model}' "
                               f"(allowed: {', '.join(key.models)})", status=403,
                               type="permission_error", code="model_not_allowed", param="model")
+        share = None
         if key.budget_usd is not None:
             spent = await self.store.add_total(f"spend:{key.name}", 0.0)
-            if spent >= key.budget_usd:
+            share = spent / key.budget_usd if key.budget_usd else 1.0
+            if spent >= key.budget_usd and not downgrade:
                 raise TandemError(
                     f"API key '{key.name}' has spent its budget (${spent:.4f} of "
                     f"${key.budget_usd:.4f})", status=402, type="insufficient_quota",
@@ -96,6 +101,14 @@ class Gatekeeper:
             used, left = await self.store.add_window(f"tpm:{key.name}", 0, WINDOW_S)
             if used >= key.tpm:
                 raise self._limited(key, f"{key.tpm} tokens per minute", left)
+        return share
+
+    async def budget_share(self, key) -> float | None:
+        """The share of the key's budget spent, without admitting anything (dry runs)."""
+        if key is None or self.store is None or key.budget_usd is None:
+            return None
+        spent = await self.store.add_total(f"spend:{key.name}", 0.0)
+        return spent / key.budget_usd if key.budget_usd else 1.0
 
     async def account(self, key, tokens: int, cost_usd: float) -> None:
         if key is None or self.store is None:

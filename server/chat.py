@@ -20,7 +20,8 @@ from starlette.responses import Response, StreamingResponse
 from clients.base import ChatClient
 from clients.errors import InvalidRequest, TandemError, UpstreamError
 from privacy.stage import PrivacyStage, privacy_header
-from routers.policy import Decision, Policy
+from routers.policy import POLICY_NAME, Decision, Policy
+from routers.rules import RouteContext
 from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
 from server.schemas import validate_chat_request
@@ -107,11 +108,15 @@ class ChatService:
             raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
         validated = validate_chat_request(body)
         record.model = validated.model
-        await self.gate.admit(record.api_key, validated.model)
-        prepared = None
-        if self.privacy is not None:  # before routing: the mode may rule out remote models
-            prepared = await self.privacy.prepare(body, record.api_key, record.request_id)
-        decision = await self.policy.route(validated.model, body)
+        prepared, ctx = await self.context(body, validated.model, record)
+        started = time.perf_counter()
+        decision = await self.policy.route(validated.model, body, ctx)
+        if self.metrics is not None:
+            self.metrics.router_decision.observe(time.perf_counter() - started)
+            if decision.threshold is not None and validated.model == POLICY_NAME:
+                self.metrics.router_threshold.set(decision.threshold)
+            if decision.explored:
+                self.metrics.router_explorations.labels(decision.model).inc()
         record.rule, record.reason, record.score = decision.rule, decision.reason, decision.score
         self._check_capabilities(decision, body)
         clients = self.clients
@@ -124,6 +129,47 @@ class ChatService:
             include_usage = bool(validated.stream_options and validated.stream_options.include_usage)
             return await self._stream(decision, body, include_usage, record, clients)
         return await self._complete(decision, body, record, clients)
+
+    async def context(self, body: dict, model: str, record: RequestRecord,
+                      dry_run: bool = False):
+        """Admission (key, budget, limits; a dry run only reads the budget), the privacy
+        stage, and what routing may look at: (prepared privacy plan or None, context)."""
+        key = record.api_key
+        downgrade_at = None
+        if key is not None and model == POLICY_NAME:
+            downgrade_at = (key.budget_downgrade_at if key.budget_downgrade_at is not None
+                            else self.policy.downgrade_at)
+        if dry_run:
+            share = await self.gate.budget_share(key)
+        else:
+            share = await self.gate.admit(key, model, downgrade=downgrade_at is not None)
+        prepared = None
+        if self.privacy is not None:  # before routing: the mode may rule out remote models
+            prepared = await self.privacy.prepare(body, key, record.request_id)
+        ctx = RouteContext(body, key_name=getattr(key, "name", None),
+                           key_cloud_fraction=getattr(key, "cloud_fraction", None),
+                           private=bool(prepared is not None and prepared.plan.private),
+                           budget_share=share, downgrade_at=downgrade_at)
+        return prepared, ctx
+
+    async def _remember(self, decision: Decision, record: RequestRecord, answered: str,
+                        body: dict) -> None:
+        """A routed response becomes teachable: feedback on its request id is a label."""
+        live = self.policy.live
+        if live is None or not live.learning or not decision.routed:
+            return
+        role = {self.policy.strong: "strong", self.policy.weak: "weak"}.get(answered)
+        if role is None:
+            return
+        features = decision.features
+        if features is None:
+            features = await asyncio.to_thread(live.embed, body.get("messages") or [])
+        try:
+            await live.remember(record.request_id, getattr(record.api_key, "name", None),
+                                answered, role, decision.score, decision.explored, features)
+        except Exception:  # noqa: BLE001 - learning must never fail a served request
+            log.warning("router: could not store request %s for feedback", record.request_id,
+                        exc_info=True)
 
     def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str) -> str:
         log.warning("model %s failed (%s): %s", chain[i], stage, err.message)
@@ -150,6 +196,7 @@ class ChatService:
             result["model"] = name
             record.route, record.reason = name, reason
             record.usage(result.get("usage"))
+            await self._remember(decision, record, name, body)
             return Response(orjson.dumps(result), media_type="application/json",
                             headers=_headers(name, reason, clients[name]))
         raise AssertionError("empty chain")  # Decision always has one model
@@ -187,6 +234,7 @@ class ChatService:
         reason = "; ".join([decision.reason, *skipped])
         name = decision.chain[i]
         record.stream, record.route, record.reason = True, name, reason
+        await self._remember(decision, record, name, body)
         events = self._sse(decision, i, first, chunks, body, include_usage, record, clients)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **_headers(name, reason, clients[name])})

@@ -14,6 +14,8 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from server.routing_config import PolicyRouterConfig, RoutingConfig  # noqa: F401 (re-export)
+
 RESERVED_NAMES = frozenset({"tandem"})
 
 
@@ -117,44 +119,6 @@ ModelConfig = Annotated[
 ]
 
 
-class PolicyRouterConfig(_Strict):
-    """The router behind ``tandem``, and either its threshold or the share of cloud calls
-    wanted (turned into a threshold from the checkpoint's stored calibration scores)."""
-
-    kind: str = Field(description="random, mf, knn or classifier")
-    threshold: float | None = Field(None, ge=0, le=1,
-                                    description="p_strong >= threshold -> strong")
-    cloud_fraction: float | None = Field(
-        None, ge=0, le=1, description="share of requests for the strong model; threshold = "
-        "the (1 - fraction) quantile of the checkpoint's calibration scores")
-
-    @model_validator(mode="after")
-    def _one_way_to_decide(self) -> "PolicyRouterConfig":
-        if (self.threshold is None) == (self.cloud_fraction is None):
-            raise ValueError("give exactly one of threshold or cloud_fraction")
-        return self
-
-
-class RoutingConfig(_Strict):
-    """Which model answers when the caller asks for ``tandem``, and where to go on failure."""
-
-    default: str = Field(description="model that answers requests for 'tandem'")
-    fallback: list[str] = Field(
-        default_factory=list,
-        description="ordered chain: when a model in it fails before its first byte, "
-        "the models after it are tried in order",
-    )
-    aliases: dict[str, str] = Field(
-        default_factory=dict, description="extra names for configured models, e.g. local: qwen"
-    )
-    strong: str | None = Field(None, description="model a router picks for p_strong >= t")
-    weak: str | None = Field(None, description="model a router picks otherwise")
-    routers: dict[str, str] = Field(
-        default_factory=dict, description="router kind -> checkpoint (.npz); random needs none")
-    router: PolicyRouterConfig | None = Field(None, description="what `tandem` uses")
-    embedder: str = Field("hashing-4096", description="prompt embedding for learned routers")
-
-
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -180,6 +144,11 @@ class ApiKeyConfig(_Strict):
     budget_usd: float | None = Field(None, ge=0, description="lifetime cloud spend allowed")
     privacy_mode: str | None = Field(None, description="this key's privacy mode "
                                      "(overrides privacy.mode)")
+    cloud_fraction: float | None = Field(None, ge=0, le=1, description="this key's share "
+                                         "of router-decided requests for the strong model")
+    budget_downgrade_at: float | None = Field(
+        None, ge=0, le=1, description="past this share of budget_usd, `tandem` answers with "
+        "the weak model instead of refusing (overrides routing.budget_downgrade_at)")
 
 
 class AuthConfig(_Strict):
@@ -254,16 +223,14 @@ class GatewayConfig(_Strict):
                 raise ValueError(f"routing.aliases.{alias}: '{target}' is not a configured model")
             if alias in RESERVED_NAMES or alias.startswith("router-"):
                 raise ValueError(f"routing.aliases.{alias}: the name is reserved for routing")
-        r = self.routing
-        for role in ("strong", "weak"):
-            name = getattr(r, role)
-            if name is not None and name not in known:
-                raise ValueError(f"routing.{role}: '{name}' is not a configured model")
-        if (r.routers or r.router) and not (r.strong and r.weak):
-            raise ValueError("routing.routers/router need routing.strong and routing.weak")
-        if r.router and r.router.kind != "random" and r.router.kind not in r.routers:
-            raise ValueError(f"routing.router.kind: '{r.router.kind}' has no checkpoint in "
-                             "routing.routers")
+        self.routing.check(known)
+        for i, key in enumerate(self.auth.keys):
+            if key.cloud_fraction is not None and not self.routing.router:
+                raise ValueError(f"auth.keys[{i}].cloud_fraction needs a routing.router")
+            if key.budget_downgrade_at is not None and key.budget_usd is None:
+                raise ValueError(f"auth.keys[{i}].budget_downgrade_at needs budget_usd")
+            if key.budget_downgrade_at is not None and not self.routing.weak:
+                raise ValueError(f"auth.keys[{i}].budget_downgrade_at needs routing.weak")
         seen: set[str] = set()
         for i, key in enumerate(self.auth.keys):
             if key.name in seen or key.key_sha256 in seen:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from clients.base import ChatClient
@@ -64,6 +64,28 @@ class GatewayMetrics:
                                        registry=r)
         self.egress_blocks = Counter("tandem_egress_blocks", "Requests blocked before egress",
                                      ["reason"], registry=r)
+        self.router_decision = Histogram(
+            "tandem_router_decision_seconds", "Policy decision time (rules, embed, score)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r)
+        self.router_feedback = Counter("tandem_router_feedback", "Feedback posts by outcome",
+                                       ["outcome"], registry=r)
+        self.router_labels = Counter("tandem_router_labels", "Labels stored",
+                                     ["source", "role"], registry=r)
+        self.router_explorations = Counter("tandem_router_explorations",
+                                           "Requests sent to the model the router did not pick",
+                                           ["model"], registry=r)
+        self.router_retrains = Counter("tandem_router_retrains", "Retrains by outcome "
+                                       "(accepted, rejected, failed, skipped)", ["outcome"],
+                                       registry=r)
+        self.router_version = Gauge("tandem_router_checkpoint_version",
+                                    "Version of the serving router checkpoint", registry=r)
+        self.router_heldout_apgr = Gauge("tandem_router_heldout_apgr",
+                                         "Held-out APGR of the serving checkpoint", registry=r)
+        self.router_actual_fraction = Gauge(
+            "tandem_router_cloud_fraction_actual", "Share of recent router-decided requests "
+            "sent to the strong model", registry=r)
+        self.router_threshold = Gauge("tandem_router_threshold", "Current `tandem` threshold",
+                                      registry=r)
         self._live = _LiveGauges(clients)
         r.register(self._live)
 

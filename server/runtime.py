@@ -32,7 +32,7 @@ class Runtime:
                  store: StateStore | None, previous: "Runtime | None" = None) -> None:
         self.config = config
         try:
-            self.policy = Policy.from_config(config)
+            self.policy = Policy.from_config(config, store, metrics)
         except ValueError as err:  # a missing, corrupt or mismatched router checkpoint
             raise ConfigError(f"routing: {err}") from None
         reusable = previous.reusable_clients(config) if previous else {}
@@ -64,6 +64,8 @@ class Runtime:
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for n, c in self.clients.items()
                                if n not in self.reused), self.privacy.start())
+        if self.policy.live is not None:
+            await self.policy.live.start()
 
     async def wait_loaded(self, timeout_s: float) -> None:
         """Until every client reports ready or loading has failed/timed out."""
@@ -75,6 +77,8 @@ class Runtime:
             await asyncio.sleep(0.2)
 
     async def close(self, keep: set[int] = frozenset()) -> None:
+        if self.policy.live is not None:
+            await self.policy.live.close()
         await asyncio.gather(*(c.close() for c in self.clients.values() if id(c) not in keep),
                              return_exceptions=True)
 

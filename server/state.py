@@ -1,8 +1,11 @@
-"""Shared counters for limits and budgets: embedded SQLite, or Redis for several replicas.
+"""Shared state for limits, budgets and router learning: embedded SQLite, or Redis for
+several replicas.
 
 Two operations cover rate limits and budgets: add to a counter that lives for one
 fixed window (requests or tokens per minute), and add to a counter that never expires
 (spend). Both return the new total, so a check and its increment are one round trip.
+Router learning adds blobs with a time to live (what a response was, for its feedback)
+and append-only lists (the labels), which every replica on the same store shares.
 """
 
 from __future__ import annotations
@@ -24,6 +27,25 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def add_total(self, key: str, amount: float) -> float:
         """Add to a counter that never resets; the new total (amount 0 reads it)."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl_s`` seconds."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The stored value, or None when absent or expired."""
+
+    @abc.abstractmethod
+    async def append(self, key: str, value: bytes) -> int:
+        """Append to the list ``key``; its new length."""
+
+    @abc.abstractmethod
+    async def read(self, key: str, start: int = 0) -> list[bytes]:
+        """The list ``key`` from index ``start`` on."""
+
+    async def length(self, key: str) -> int:
+        return len(await self.read(key))
 
     async def close(self) -> None:
         """Release connections."""
@@ -52,6 +74,11 @@ class SQLiteState(StateStore):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, "
                        "value REAL NOT NULL, expires REAL)")
+            db.execute("CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, "
+                       "value BLOB NOT NULL, expires REAL NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS lists (seq INTEGER PRIMARY KEY "
+                       "AUTOINCREMENT, key TEXT NOT NULL, value BLOB NOT NULL)")
+            db.execute("CREATE INDEX IF NOT EXISTS lists_key ON lists (key, seq)")
             self._local.db = db
         return db
 
@@ -75,6 +102,47 @@ class SQLiteState(StateStore):
 
     async def add_total(self, key: str, amount: float) -> float:
         return await self._run(self._add, key, amount, None)
+
+    def _put(self, key: str, value: bytes, ttl_s: float) -> None:
+        db = self._db()
+        now = time.time()
+        db.execute("DELETE FROM blobs WHERE expires < ?", (now,))
+        db.execute("INSERT OR REPLACE INTO blobs (key, value, expires) VALUES (?, ?, ?)",
+                   (key, value, now + ttl_s))
+
+    def _get(self, key: str) -> bytes | None:
+        row = self._db().execute("SELECT value FROM blobs WHERE key = ? AND expires >= ?",
+                                 (key, time.time())).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _append(self, key: str, value: bytes) -> int:
+        db = self._db()
+        db.execute("INSERT INTO lists (key, value) VALUES (?, ?)", (key, value))
+        return int(db.execute("SELECT COUNT(*) FROM lists WHERE key = ?", (key,)).fetchone()[0])
+
+    def _read(self, key: str, start: int) -> list[bytes]:
+        rows = self._db().execute("SELECT value FROM lists WHERE key = ? ORDER BY seq "
+                                  "LIMIT -1 OFFSET ?", (key, start)).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def _length(self, key: str) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM lists WHERE key = ?",
+                                      (key,)).fetchone()[0])
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._run(self._put, key, value, ttl_s)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._run(self._get, key)
+
+    async def append(self, key: str, value: bytes) -> int:
+        return await self._run(self._append, key, value)
+
+    async def read(self, key: str, start: int = 0) -> list[bytes]:
+        return await self._run(self._read, key, start)
+
+    async def length(self, key: str) -> int:
+        return await self._run(self._length, key)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -100,6 +168,21 @@ class RedisState(StateStore):
 
     async def add_total(self, key: str, amount: float) -> float:
         return float(await self._redis.incrbyfloat(f"{self.prefix}{key}", amount))
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._redis.set(f"{self.prefix}{key}", value, px=max(1, int(ttl_s * 1000)))
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._redis.get(f"{self.prefix}{key}")
+
+    async def append(self, key: str, value: bytes) -> int:
+        return int(await self._redis.rpush(f"{self.prefix}{key}", value))
+
+    async def read(self, key: str, start: int = 0) -> list[bytes]:
+        return list(await self._redis.lrange(f"{self.prefix}{key}", start, -1))
+
+    async def length(self, key: str) -> int:
+        return int(await self._redis.llen(f"{self.prefix}{key}"))
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -1,0 +1,166 @@
+"""Learning from served traffic: labels from feedback, retraining, and the gate.
+
+Feedback scores one answer, of the model that gave it, so a traffic label is partial:
+- the weak model answered with score s: the strong one was needed with probability
+  1 − s (target ``1 − s``);
+- the strong model answered and failed (s < 0.5): it did not help, target 0;
+- the strong model answered well: says nothing of the weak one, kept for the gate only.
+
+A new scorer is trained on the shipped label set plus the traffic labels (weighted
+``traffic_weight``), never on held-out labels (a hash of the request id). It replaces
+the serving one only if its APGR on held-out traffic labels (the missing model's score
+imputed by that model's mean score) is no worse; with fewer than ``MIN_GATE`` held-out
+traffic labels, on the held-out split of the shipped label set instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from routers import checkpoint
+from routers.evaluate import summary
+from routers.learned import SCORERS
+
+MIN_GATE = 10
+
+
+def sparse(e: np.ndarray) -> dict:
+    """A unit-norm embedding as its non-zero entries (hashing features are sparse)."""
+    idx = np.flatnonzero(e)
+    return {"d": int(e.shape[0]), "i": idx.tolist(), "v": np.round(e[idx], 5).tolist()}
+
+
+def dense(s: dict, dim: int) -> np.ndarray:
+    out = np.zeros(dim, np.float32)
+    if s.get("d") == dim and s["i"]:
+        out[np.asarray(s["i"], int)] = np.asarray(s["v"], np.float32)
+    return out
+
+
+def dedupe(labels: list[dict]) -> list[dict]:
+    """One label per request id; the latest feedback wins."""
+    return list({lab["id"]: lab for lab in labels}.values())
+
+
+def held_out(request_id: str, share: float) -> bool:
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < share
+
+
+def labels_of(checkpoint_path: str) -> str | None:
+    """The label file a checkpoint was trained on (from its metadata)."""
+    from routers.tools import _labels_path
+
+    meta = checkpoint.load(checkpoint_path)[1]
+    return str(_labels_path(meta["labels"])) if meta.get("labels") else None
+
+
+def base_rows(path: str | None, embedder) -> dict:
+    """The shipped label set, embedded and split as its checkpoint was (20 %% held out)."""
+    from routers.tools import _messages, read_jsonl, split, targets
+    from routers.embed import conversation_text
+
+    if not path or not Path(path).exists():
+        return {"X": np.zeros((0, embedder.dim), np.float32), "y": np.zeros(0),
+                "X_held": np.zeros((0, embedder.dim), np.float32), "held": []}
+    train_rows, held = split(read_jsonl(path), 0.2)
+    X = embedder.embed([conversation_text(_messages(r)) for r in train_rows])
+    X_held = embedder.embed([conversation_text(_messages(r)) for r in held])
+    return {"X": X, "y": targets(train_rows), "X_held": X_held, "held": held}
+
+
+def traffic_training(labels: list[dict], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of the traffic labels that say something about the strong model's need."""
+    X, y = [], []
+    for lab in labels:
+        if lab["role"] == "weak":
+            X.append(dense(lab["x"], dim))
+            y.append(1.0 - lab["score"])
+        elif lab["role"] == "strong" and lab["score"] < 0.5:
+            X.append(dense(lab["x"], dim))
+            y.append(0.0)
+    return (np.array(X, np.float32).reshape(-1, dim), np.array(y))
+
+
+def partial_apgr(scores: np.ndarray, labels: list[dict]) -> float | None:
+    """APGR on partial labels: each label's other model scored by that model's mean
+    (1.0 for a strong model never rated, 0.0 for a weak one: the optimistic bound)."""
+    roles = np.array([lab["role"] for lab in labels])
+    values = np.array([lab["score"] for lab in labels], float)
+    is_weak, is_strong = roles == "weak", roles == "strong"
+    mean_w = values[is_weak].mean() if is_weak.any() else 0.0
+    mean_s = values[is_strong].mean() if is_strong.any() else 1.0
+    weak = np.where(roles == "weak", values, mean_w)
+    strong = np.where(roles == "strong", values, mean_s)
+    if strong.mean() - weak.mean() <= 1e-9:
+        return None
+    return summary(scores, weak, strong)["apgr"]
+
+
+def _gate_score(scorer, gate: list[dict], base: dict, dim: int) -> tuple[float | None, str]:
+    if len(gate) >= MIN_GATE:
+        X = np.stack([dense(lab["x"], dim) for lab in gate])
+        value = partial_apgr(np.asarray(scorer.score(X)), gate)
+        if value is not None:
+            return value, f"{len(gate)} held-out traffic labels"
+    held = base["held"]
+    if not held:
+        return None, "nothing held out"
+    weak = np.array([r["weak_score"] for r in held], float)
+    strong = np.array([r["strong_score"] for r in held], float)
+    return (summary(np.asarray(scorer.score(base["X_held"])), weak, strong)["apgr"],
+            f"{len(held)} held-out shipped labels")
+
+
+def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,
+            recent: list[dict]) -> dict:
+    """Train, gate and (if accepted) save the next version. Returns the outcome and,
+    when accepted, ``new`` (a Checkpoint) and ``recent_scores`` for threshold tracking."""
+    from routers.online import Checkpoint
+
+    dim = embedder.dim
+    usable = [lab for lab in labels if lab.get("x", {}).get("d") == dim]
+    gate = [lab for lab in usable if held_out(lab["id"], cfg.holdout)]
+    train_labels = [lab for lab in usable if not held_out(lab["id"], cfg.holdout)]
+    Xt, yt = traffic_training(train_labels, dim)
+    if not len(yt):
+        return {"outcome": "skipped", "reason": "no trainable traffic labels yet"}
+    X = np.concatenate([base["X"], Xt])
+    y = np.concatenate([base["y"], yt])
+    w = np.concatenate([np.ones(len(base["y"])), np.full(len(yt), cfg.traffic_weight)])
+    scorer = SCORERS[kind].train(X, y, weights=w)
+    new_value, on = _gate_score(scorer, gate, base, dim)
+    old_value, _ = _gate_score(current.scorer, gate, base, dim)
+    figures = {"new_apgr": new_value, "old_apgr": old_value, "gate": on,
+               "traffic_labels": len(usable), "trained_rows": int(len(y))}
+    if new_value is None:  # nothing to judge it on: wait for held-out labels
+        return {"outcome": "skipped", "reason": "no held-out labels to judge a new "
+                f"checkpoint on yet (needs {MIN_GATE} held-out traffic labels or a shipped "
+                "label file)", **figures}
+    if old_value is not None and new_value < old_value - 1e-9:
+        return {"outcome": "rejected", **figures}
+    R = (np.stack([dense(s, dim) for s in recent]) if recent
+         else np.zeros((0, dim), np.float32))
+    recent_scores = np.asarray(scorer.score(R), float) if len(R) else np.zeros(0)
+    calibration = (recent_scores if len(recent_scores) >= 100
+                   else np.asarray(scorer.score(base["X_held"] if len(base["X_held"]) else X),
+                                   float).reshape(-1))
+    version = current.version + 1
+    out = Path(cfg.checkpoint_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}-v{version}-{len(usable)}labels.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    checkpoint.save(tmp, scorer, embedder.name, dim,
+                    {"version": version, "parent": current.path, "apgr": new_value,
+                     "gate": on, "traffic_labels": len(usable),
+                     "calibration": "scores of recent traffic"}, calibration=calibration)
+    loaded, _ = checkpoint.load(tmp, embedder.name, dim)  # a corrupt file never serves
+    tmp.replace(path)
+    new = Checkpoint(version, loaded, str(path), len(usable), new_value, on, time.time(),
+                     calibration)
+    return {"outcome": "accepted", "version": version, **figures, "new": new,
+            "recent_scores": recent_scores.tolist()}

@@ -1,0 +1,263 @@
+"""The live router behind ``tandem``: a learned scorer that follows its traffic.
+
+- **Threshold tracking.** With a ``cloud_fraction``, the threshold is the (1 − f) quantile
+  of the scores of the last ``track_window`` requests (the checkpoint's calibration
+  scores until enough traffic is seen), so the actual cloud share stays on target when
+  the traffic differs from the data the router was trained on.
+- **Learning** (routers/learning.py does the arithmetic): every routed response is
+  remembered for ``feedback_ttl_s`` as a sparse embedding (never the text), feedback
+  turns it into a label in the shared state store, ``explore`` sends a share of requests
+  to the model the router did not pick, and every ``retrain_every`` new labels a worker
+  thread retrains, gates and recalibrates; the event loop only swaps a reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from routers import learning
+from routers.base import LearnedRouter, Router
+from routers.embed import conversation_text
+from routers.evaluate import threshold_for_fraction
+
+log = logging.getLogger("tandem.router")
+MIN_TRACKED = 100  # recent scores needed before they replace the calibration scores
+
+
+class FeedbackNotFound(LookupError):
+    """No response with that request id (unknown, expired, or another key's)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One version of the scorer and what is known about it."""
+
+    version: int
+    scorer: Any
+    path: str
+    labels: int = 0
+    heldout_apgr: float | None = None
+    gate: str = "shipped checkpoint"
+    trained_at: float = 0.0
+    calibration: Any = None
+
+
+class LiveRouter(Router):
+    """Scores with the current checkpoint; tracks, explores and learns when configured."""
+
+    def __init__(self, base: LearnedRouter, kind: str, routing, store=None,
+                 metrics=None) -> None:
+        cfg = routing.router
+        self.kind, self.embedder, self.base = kind, base.embedder, base
+        self.cloud_fraction, self.fixed_threshold = cfg.cloud_fraction, cfg.threshold
+        self.learning_cfg = routing.learning
+        self.learning = routing.learning.enabled and store is not None
+        self.store, self.metrics = store, metrics
+        self.current = Checkpoint(1, base.scorer, base.source,
+                                  heldout_apgr=_meta_apgr(base.source),
+                                  calibration=base.calibration)
+        self.recent_scores: collections.deque[float] = collections.deque(
+            maxlen=max(cfg.track_window, 1))
+        self.tracking = cfg.cloud_fraction is not None and cfg.track_window > 0
+        self.recent_embeddings: collections.deque = collections.deque(maxlen=1000)
+        self.recent_strong: collections.deque[bool] = collections.deque(maxlen=1000)
+        self._thresholds: dict[float, tuple[int, float]] = {}
+        self._decisions = 0
+        self._rng = random.Random()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-retrain")
+        self._retraining: asyncio.Task | None = None
+        self._poller: asyncio.Task | None = None
+        self.trained_on = 0  # label count the current checkpoint has seen
+        self.last_retrain: dict[str, Any] | None = None
+        self._base_rows: tuple[np.ndarray, np.ndarray, list[dict]] | None = None
+
+    # -- scoring and thresholds (called from a worker thread and the loop) ----------
+    def embed(self, messages: list[dict]) -> np.ndarray:
+        return self.embedder.embed([conversation_text(messages)])[0]
+
+    def score_embedding(self, e: np.ndarray) -> float:
+        return float(self.current.scorer.score(e))
+
+    def p_strong(self, messages: list[dict]) -> float:
+        return self.score_embedding(self.embed(messages))
+
+    def threshold_for(self, cloud_fraction: float) -> float:
+        """The threshold for ``cloud_fraction`` of traffic: recent scores once there are
+        enough of them, else the checkpoint's calibration scores."""
+        if self.tracking and len(self.recent_scores) >= MIN_TRACKED:
+            cached = self._thresholds.get(cloud_fraction)
+            if cached is None or self._decisions - cached[0] >= 25:
+                t = float(np.quantile(np.fromiter(self.recent_scores, float),
+                                      1.0 - cloud_fraction))
+                self._thresholds[cloud_fraction] = (self._decisions, t)
+                return t
+            return cached[1]
+        if self.current.calibration is None:
+            return self.base.threshold_for(cloud_fraction)  # raises with the remedy
+        return threshold_for_fraction(self.current.calibration, cloud_fraction)
+
+    def threshold(self, cloud_fraction: float | None = None) -> tuple[float, str]:
+        """(threshold, where it came from) for the policy or a key's own fraction."""
+        fraction = cloud_fraction if cloud_fraction is not None else self.cloud_fraction
+        if fraction is None:
+            return self.fixed_threshold, "configured threshold"
+        tracked = self.tracking and len(self.recent_scores) >= MIN_TRACKED
+        source = (f"cloud_fraction {fraction:g} of the last {len(self.recent_scores)} requests"
+                  if tracked else f"threshold for cloud_fraction {fraction:g}")
+        return self.threshold_for(fraction), source
+
+    def observe(self, p: float, e: np.ndarray | None) -> None:
+        """A scored `tandem` request (before any exploration)."""
+        self._decisions += 1
+        self.recent_scores.append(p)
+        if e is not None and self.learning:
+            self.recent_embeddings.append(learning.sparse(e))
+
+    def went(self, strong: bool) -> None:
+        self.recent_strong.append(strong)
+        if self.metrics is not None:
+            self.metrics.router_actual_fraction.set(self.actual_fraction() or 0.0)
+
+    def explore(self, to_strong: bool, cloud_fraction: float | None) -> bool:
+        """True when this request should go to the other model. Flips are balanced so
+        that exploring does not move the cloud share: strong→weak with probability ε,
+        weak→strong with ε·f/(1−f)."""
+        eps = self.learning_cfg.explore if self.learning else 0.0
+        if eps <= 0:
+            return False
+        f = cloud_fraction if cloud_fraction is not None else (self.cloud_fraction or 0.5)
+        rate = eps if to_strong else min(1.0, eps * f / max(1e-9, 1 - f))
+        return self._rng.random() < rate
+
+    def actual_fraction(self) -> float | None:
+        return (sum(self.recent_strong) / len(self.recent_strong)) if self.recent_strong else None
+
+    # -- learning ---------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.learning:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def close(self) -> None:
+        for task in (self._poller, self._retraining):
+            if task is not None:
+                task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def remember(self, request_id: str, key: str | None, model: str, role: str,
+                       p: float | None, explored: bool, e: np.ndarray) -> None:
+        """What this response was, so that feedback on it can become a label."""
+        record = {"key": key, "model": model, "role": role, "p": p, "explored": explored,
+                  "ts": time.time(), "x": learning.sparse(e)}
+        await self.store.put(f"router:resp:{request_id}", orjson.dumps(record),
+                             self.learning_cfg.feedback_ttl_s)
+
+    async def feedback(self, request_id: str, key: str | None, score: float,
+                       source: str = "feedback") -> dict:
+        raw = await self.store.get(f"router:resp:{request_id}")
+        record = orjson.loads(raw) if raw else None
+        if record is None or record.get("key") != key:
+            raise FeedbackNotFound(request_id)
+        label = {"id": request_id, "role": record["role"], "model": record["model"],
+                 "score": float(score), "x": record["x"], "explored": record["explored"],
+                 "source": source, "ts": time.time()}
+        total = await self.store.append("router:labels", orjson.dumps(label))
+        if self.metrics is not None:
+            self.metrics.router_labels.labels(source, record["role"]).inc()
+        self.maybe_retrain(total)
+        return {"labels": total, "role": record["role"], "model": record["model"]}
+
+    def maybe_retrain(self, total: int) -> None:
+        if (total - self.trained_on >= self.learning_cfg.retrain_every
+                and (self._retraining is None or self._retraining.done())):
+            self._retraining = asyncio.get_running_loop().create_task(self._retrain(total))
+
+    async def _poll(self) -> None:
+        """Replicas share labels: look for ones stored by another replica."""
+        while True:
+            await asyncio.sleep(self.learning_cfg.poll_s)
+            try:
+                self.maybe_retrain(await self.store.length("router:labels"))
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the poller
+                log.warning("router: could not read the label count", exc_info=True)
+
+    async def label_count(self) -> int:
+        return await self.store.length("router:labels") if self.learning else 0
+
+    async def _retrain(self, total: int) -> None:
+        started = time.perf_counter()
+        try:
+            raw = await self.store.read("router:labels")
+            labels = learning.dedupe([orjson.loads(b) for b in raw])
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._train_and_gate, labels)
+        except Exception as err:  # noqa: BLE001 - a failed retrain changes nothing
+            log.error("router retrain failed, version %d keeps serving: %s",
+                      self.current.version, err)
+            result = {"outcome": "failed", "error": f"{type(err).__name__}: {err}"}
+        self.trained_on = max(self.trained_on, total)
+        result.update(labels=total, seconds=round(time.perf_counter() - started, 3),
+                      at=time.time())
+        new, recent = result.pop("new", None), result.pop("recent_scores", None)
+        if result["outcome"] == "accepted" and new is not None:
+            self.current = new  # one reference swap: requests in flight keep the old one
+            self._thresholds.clear()
+            if recent:
+                self.recent_scores.clear()
+                self.recent_scores.extend(recent)
+        self.last_retrain = result
+        if self.metrics is not None:
+            self.metrics.router_retrains.labels(result["outcome"]).inc()
+            self.metrics.router_version.set(self.current.version)
+            if self.current.heldout_apgr is not None:
+                self.metrics.router_heldout_apgr.set(self.current.heldout_apgr)
+        log.warning("router retrain %s: %s", result["outcome"],
+                    {k: v for k, v in result.items() if k != "outcome"})
+
+    def _train_and_gate(self, labels: list[dict]) -> dict:
+        """Runs in the worker thread: train on shipped + traffic labels, gate on
+        held-out labels, write the versioned checkpoint, score recent traffic."""
+        if self._base_rows is None:
+            self._base_rows = learning.base_rows(self.learning_cfg.base_labels or
+                                                 learning.labels_of(self.base.source),
+                                                 self.embedder)
+        return learning.retrain(self.kind, self.current, labels, self._base_rows,
+                                self.learning_cfg, self.embedder,
+                                list(self.recent_embeddings))
+
+    async def status(self) -> dict:
+        threshold, source = self.threshold()
+        c = self.current
+        return {"object": "tandem.router", "kind": self.kind, "embedder": self.embedder.name,
+                "checkpoint": {"version": c.version, "path": c.path,
+                               "heldout_apgr": c.heldout_apgr, "gate": c.gate,
+                               "labels": c.labels, "trained_at": c.trained_at or None},
+                "labels": await self.label_count(),
+                "threshold": threshold, "threshold_source": source,
+                "cloud_fraction": {"target": self.cloud_fraction,
+                                   "actual": self.actual_fraction(),
+                                   "window": len(self.recent_strong)},
+                "learning": {"enabled": self.learning,
+                             "explore": self.learning_cfg.explore if self.learning else 0.0,
+                             "retrain_every": self.learning_cfg.retrain_every,
+                             "trained_on_labels": self.trained_on,
+                             "retraining": bool(self._retraining and not self._retraining.done()),
+                             "last_retrain": self.last_retrain}}
+
+
+def _meta_apgr(path: str) -> float | None:
+    from routers import checkpoint
+
+    try:
+        return checkpoint.load(path)[1].get("apgr")
+    except (ValueError, OSError):
+        return None

@@ -4,6 +4,7 @@ to them (the whole conversation, weighted towards its latest user turn)."""
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import re
 
@@ -37,6 +38,13 @@ def conversation_text(messages: list[dict], budget_chars: int = 4000) -> str:
     return "\n".join(parts)
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _hashed(feature: str, dim: int) -> tuple[int, float]:
+    """(index, sign) of a feature; cached, since words repeat across requests."""
+    h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+    return h % dim, 1.0 if (h >> 63) & 1 else -1.0
+
+
 class Embedder(abc.ABC):
     name: str
     dim: int
@@ -58,8 +66,7 @@ class HashingEmbedder(Embedder):
         self.name = f"hashing-{dim}"
 
     def _index(self, feature: str) -> tuple[int, float]:
-        h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
-        return h % self.dim, 1.0 if (h >> 63) & 1 else -1.0
+        return _hashed(feature, self.dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -142,12 +142,24 @@ class KNNScorer(EmbeddingScorer):
         return cls(X, y, k, w=weights)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"X": self.X, "y": self.y, "k": np.array([self.k]),
+        """The prompt embeddings as CSR (hashing features are sparse: ~50× smaller)."""
+        rows, cols = np.nonzero(self.X)
+        ptr = np.searchsorted(rows, np.arange(self.X.shape[0] + 1)).astype(np.int64)
+        return {"X_shape": np.array(self.X.shape, np.int64), "X_ptr": ptr,
+                "X_col": cols.astype(np.int32), "X_val": self.X[rows, cols].astype(np.float32),
+                "y": self.y, "k": np.array([self.k]),
                 "temperature": np.array([self.temperature]), "w": self.w}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> "KNNScorer":
-        return cls(a["X"], a["y"], int(a["k"][0]), float(a["temperature"][0]), a.get("w"))
+        if "X" in a:  # checkpoints written before CSR storage
+            X = a["X"]
+        else:
+            n, d = (int(v) for v in a["X_shape"])
+            X = np.zeros((n, d), np.float32)
+            rows = np.repeat(np.arange(n), np.diff(a["X_ptr"]))
+            X[rows, a["X_col"]] = a["X_val"]
+        return cls(X, a["y"], int(a["k"][0]), float(a["temperature"][0]), a.get("w"))
 
 
 class LogisticScorer(EmbeddingScorer):

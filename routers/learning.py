@@ -116,12 +116,33 @@ def _gate_score(scorer, gate: list[dict], base: dict, dim: int) -> tuple[float |
             f"{len(held)} held-out shipped labels")
 
 
+_WORKER: dict = {}  # per worker process: embedded shipped labels, loaded checkpoints
+
+
+def retrain_job(kind: str, version: int, path: str, labels: list[dict],
+                base_labels: str | None, cfg: dict, embedder_name: str,
+                recent: list[dict]) -> dict:
+    """The retrain, run in a worker process (its GIL is not the server's): the shipped
+    labels are embedded once per worker, the serving checkpoint loaded from its file."""
+    from types import SimpleNamespace
+
+    from routers.base import make_embedder
+
+    embedder = make_embedder(embedder_name)
+    key = ("base", base_labels, embedder_name)
+    if key not in _WORKER:
+        _WORKER[key] = base_rows(base_labels, embedder)
+    if ("ckpt", path) not in _WORKER:
+        _WORKER[("ckpt", path)] = checkpoint.load(path, embedder.name, embedder.dim)[0]
+    current = SimpleNamespace(version=version, path=path, scorer=_WORKER[("ckpt", path)])
+    return retrain(kind, current, labels, _WORKER[key], SimpleNamespace(**cfg), embedder,
+                   recent)
+
+
 def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,
             recent: list[dict]) -> dict:
     """Train, gate and (if accepted) save the next version. Returns the outcome and,
-    when accepted, ``new`` (a Checkpoint) and ``recent_scores`` for threshold tracking."""
-    from routers.online import Checkpoint
-
+    when accepted, ``version``, ``path``, figures and ``recent_scores`` for tracking."""
     dim = embedder.dim
     usable = [lab for lab in labels if lab.get("x", {}).get("d") == dim]
     gate = [lab for lab in usable if held_out(lab["id"], cfg.holdout)]
@@ -158,9 +179,7 @@ def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,
                     {"version": version, "parent": current.path, "apgr": new_value,
                      "gate": on, "traffic_labels": len(usable),
                      "calibration": "scores of recent traffic"}, calibration=calibration)
-    loaded, _ = checkpoint.load(tmp, embedder.name, dim)  # a corrupt file never serves
+    checkpoint.load(tmp, embedder.name, dim)  # a corrupt file never serves
     tmp.replace(path)
-    new = Checkpoint(version, loaded, str(path), len(usable), new_value, on, time.time(),
-                     calibration)
-    return {"outcome": "accepted", "version": version, **figures, "new": new,
-            "recent_scores": recent_scores.tolist()}
+    return {"outcome": "accepted", "version": version, "path": str(path), **figures,
+            "recent_scores": recent_scores.tolist(), "trained_at": time.time()}

@@ -8,7 +8,8 @@
   remembered for ``feedback_ttl_s`` as a sparse embedding (never the text), feedback
   turns it into a label in the shared state store, ``explore`` sends a share of requests
   to the model the router did not pick, and every ``retrain_every`` new labels a worker
-  thread retrains, gates and recalibrates; the event loop only swaps a reference.
+  process retrains, gates and recalibrates; the event loop only loads the new file
+  (in a thread) and swaps a reference.
 """
 
 from __future__ import annotations
@@ -16,22 +17,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import multiprocessing
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from routers import learning
+from routers import checkpoint, learning
 from routers.base import LearnedRouter, Router
 from routers.embed import conversation_text
 from routers.evaluate import threshold_for_fraction
 
 log = logging.getLogger("tandem.router")
-MIN_TRACKED = 100  # recent scores needed before they replace the calibration scores
+MIN_TRACKED = 50  # recent scores needed before they replace the calibration scores
 
 
 class FeedbackNotFound(LookupError):
@@ -74,12 +77,12 @@ class LiveRouter(Router):
         self._thresholds: dict[float, tuple[int, float]] = {}
         self._decisions = 0
         self._rng = random.Random()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-retrain")
+        self._executor: ProcessPoolExecutor | None = None
         self._retraining: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
         self.trained_on = 0  # label count the current checkpoint has seen
         self.last_retrain: dict[str, Any] | None = None
-        self._base_rows: tuple[np.ndarray, np.ndarray, list[dict]] | None = None
+        self.history: collections.deque[dict] = collections.deque(maxlen=50)
 
     # -- scoring and thresholds (called from a worker thread and the loop) ----------
     def embed(self, messages: list[dict]) -> np.ndarray:
@@ -90,6 +93,23 @@ class LiveRouter(Router):
 
     def p_strong(self, messages: list[dict]) -> float:
         return self.score_embedding(self.embed(messages))
+
+    def embed_and_score(self, messages: list[dict]) -> tuple[np.ndarray, float]:
+        """One worker-thread call per decision: the embedding and its score."""
+        e = self.embed(messages)
+        return e, self.score_embedding(e)
+
+    def decide(self, p: float, threshold: float, cloud_fraction: float | None) -> bool:
+        """p >= threshold; where many recent scores tie at the threshold (kNN votes are
+        often exactly 0 or 1), a tie goes strong with the probability that keeps the
+        share on target."""
+        fraction = cloud_fraction if cloud_fraction is not None else self.cloud_fraction
+        if (p != threshold or fraction is None or not self.tracking
+                or len(self.recent_scores) < MIN_TRACKED):
+            return p >= threshold
+        scores = np.fromiter(self.recent_scores, float)
+        above, tied = float((scores > threshold).mean()), float((scores == threshold).mean())
+        return tied > 0 and self._rng.random() < (fraction - above) / tied
 
     def threshold_for(self, cloud_fraction: float) -> float:
         """The threshold for ``cloud_fraction`` of traffic: recent scores once there are
@@ -151,7 +171,8 @@ class LiveRouter(Router):
         for task in (self._poller, self._retraining):
             if task is not None:
                 task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def remember(self, request_id: str, key: str | None, model: str, role: str,
                        p: float | None, explored: bool, e: np.ndarray) -> None:
@@ -198,8 +219,14 @@ class LiveRouter(Router):
         try:
             raw = await self.store.read("router:labels")
             labels = learning.dedupe([orjson.loads(b) for b in raw])
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._train_and_gate, labels)
+            result = await self._run_job(labels)
+            if result["outcome"] == "accepted":
+                scorer, meta = await asyncio.to_thread(
+                    checkpoint.load, result["path"], self.embedder.name, self.embedder.dim)
+                result["new"] = Checkpoint(result["version"], scorer, result["path"],
+                                           result["traffic_labels"], result["new_apgr"],
+                                           result["gate"], result.pop("trained_at"),
+                                           meta["calibration_scores"])
         except Exception as err:  # noqa: BLE001 - a failed retrain changes nothing
             log.error("router retrain failed, version %d keeps serving: %s",
                       self.current.version, err)
@@ -215,6 +242,8 @@ class LiveRouter(Router):
                 self.recent_scores.clear()
                 self.recent_scores.extend(recent)
         self.last_retrain = result
+        self.history.append({k: result.get(k) for k in ("outcome", "version", "labels",
+                                                         "seconds", "at", "new_apgr")})
         if self.metrics is not None:
             self.metrics.router_retrains.labels(result["outcome"]).inc()
             self.metrics.router_version.set(self.current.version)
@@ -223,16 +252,23 @@ class LiveRouter(Router):
         log.warning("router retrain %s: %s", result["outcome"],
                     {k: v for k, v in result.items() if k != "outcome"})
 
-    def _train_and_gate(self, labels: list[dict]) -> dict:
-        """Runs in the worker thread: train on shipped + traffic labels, gate on
-        held-out labels, write the versioned checkpoint, score recent traffic."""
-        if self._base_rows is None:
-            self._base_rows = learning.base_rows(self.learning_cfg.base_labels or
-                                                 learning.labels_of(self.base.source),
-                                                 self.embedder)
-        return learning.retrain(self.kind, self.current, labels, self._base_rows,
-                                self.learning_cfg, self.embedder,
-                                list(self.recent_embeddings))
+    async def _run_job(self, labels: list[dict]) -> dict:
+        """``learning.retrain_job`` in the worker process (started on first use; a
+        crashed worker is replaced on the next retrain)."""
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        cfg = self.learning_cfg
+        base = cfg.base_labels or learning.labels_of(self.base.source)
+        job = (self.kind, self.current.version, self.current.path, labels, base,
+               cfg.model_dump(exclude={"judge"}), self.embedder.name,
+               list(self.recent_embeddings))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, learning.retrain_job, *job)
+        except BrokenProcessPool:
+            self._executor = None
+            raise
 
     async def status(self) -> dict:
         threshold, source = self.threshold()
@@ -251,12 +287,11 @@ class LiveRouter(Router):
                              "retrain_every": self.learning_cfg.retrain_every,
                              "trained_on_labels": self.trained_on,
                              "retraining": bool(self._retraining and not self._retraining.done()),
-                             "last_retrain": self.last_retrain}}
+                             "last_retrain": self.last_retrain,
+                             "history": list(self.history)}}
 
 
 def _meta_apgr(path: str) -> float | None:
-    from routers import checkpoint
-
     try:
         return checkpoint.load(path)[1].get("apgr")
     except (ValueError, OSError):

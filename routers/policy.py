@@ -126,11 +126,12 @@ class Policy:
                 source = f"key '{ctx.key_name}' {source}"
         features = None
         if isinstance(router, LiveRouter):
-            features = await asyncio.to_thread(router.embed, ctx.messages)
-            p = router.score_embedding(features)
+            features, p = await asyncio.to_thread(router.embed_and_score, ctx.messages)
+            strong = (router.decide(p, threshold, ctx.key_cloud_fraction) if policy
+                      else p >= threshold)
         else:
             p = await asyncio.to_thread(router.p_strong, ctx.messages)
-        strong = p >= threshold
+            strong = p >= threshold
         op = ">=" if strong else "<"
         explored = False
         if policy and isinstance(router, LiveRouter) and not dry_run:

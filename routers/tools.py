@@ -50,6 +50,17 @@ def embed_rows(rows: list[dict], embedder_name: str) -> np.ndarray:
     return np.concatenate(batches) if batches else np.zeros((0, embedder.dim), np.float32)
 
 
+def task_type(row: dict) -> str:
+    """A label row's task type: its ``type``, else its id's prefix (``HumanEval/3``)."""
+    if row.get("type"):
+        return str(row["type"])
+    rid = str(row.get("id", ""))
+    for sep in (":", "/"):
+        if sep in rid:
+            return rid.split(sep, 1)[0].lower()
+    return "unknown"
+
+
 def _row_key(row: dict) -> str:
     return str(row.get("id") or json.dumps(_messages(row), sort_keys=True))
 

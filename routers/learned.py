@@ -121,13 +121,18 @@ class KNNScorer(EmbeddingScorer):
     def __init__(self, X: np.ndarray, y: np.ndarray, k: int = 10, temperature: float = 0.05,
                  w: np.ndarray | None = None):
         self.X, self.y = X.astype(np.float32), y.astype(np.float32)
+        self.XT = np.ascontiguousarray(self.X.T)  # (d, m): a sparse query reads few rows
         self.k, self.temperature = int(k), float(temperature)
         self.w = (np.ones(len(self.y), np.float32) if w is None
                   else np.asarray(w, np.float32))
 
     def score(self, e: np.ndarray) -> np.ndarray:
         single = e.ndim == 1
-        sims = np.atleast_2d(e).astype(np.float32) @ self.X.T  # (n, m)
+        if single and np.count_nonzero(e) * 8 < e.shape[0]:
+            nz = np.flatnonzero(e)  # hashing features: ~100 of 4096 set, 40x less work
+            sims = (e[nz].astype(np.float32) @ self.XT[nz])[None, :]
+        else:
+            sims = np.atleast_2d(e).astype(np.float32) @ self.XT  # (n, m)
         k = min(self.k, self.X.shape[0])
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(sims, idx, axis=1)

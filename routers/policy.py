@@ -126,7 +126,10 @@ class Policy:
                 source = f"key '{ctx.key_name}' {source}"
         features = None
         if isinstance(router, LiveRouter):
-            features, p = await asyncio.to_thread(router.embed_and_score, ctx.messages)
+            # inline: the text is capped at 4,000 characters and the score reads only the
+            # prompt's non-zero features, ~0.3 ms; a thread hop costs more than that on
+            # cores busy decoding (see docs/DECISIONS.md)
+            features, p = router.embed_and_score(ctx.messages)
             strong = (router.decide(p, threshold, ctx.key_cloud_fraction) if policy
                       else p >= threshold)
         else:

@@ -87,9 +87,22 @@ def _serve_stack(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    """Everything a start-up checks short of loading models: the schema, cross-references,
+    and the router checkpoints (loaded and matched to the embedder)."""
+    from routers.policy import Policy
+
     config = load_config(args.file)
+    try:
+        Policy.from_config(config)
+    except ValueError as err:
+        raise ConfigError(f"{args.file}: routing: {err}") from None
+    r = config.routing
+    router = ("no router" if r.router is None else f"router {r.router.kind} at "
+              + (f"cloud_fraction {r.router.cloud_fraction:g}" if r.router.cloud_fraction
+                 is not None else f"threshold {r.router.threshold:g}"))
     print(f"{args.file}: OK ({len(config.models)} models: {', '.join(config.models)}; "
-          f"default {config.routing.default})")
+          f"default {r.default}; {router}; {len(r.rules)} rules; learning "
+          f"{'on' if r.learning.enabled else 'off'})")
     return 0
 
 

@@ -26,6 +26,11 @@ def test_embedded_default_config_is_valid():
     config = load_config(None)
     assert set(config.models) == {"local", "cloud", "house-style"}
     assert config.routing.default == "local"
+    r = config.routing  # `tandem` routes out of the box: the shipped router at 30 % cloud
+    assert (r.strong, r.weak, r.router.kind, r.router.cloud_fraction) == ("cloud", "local",
+                                                                         "knn", 0.3)
+    policy = Policy.from_config(config)
+    assert policy.live is not None and 0.0 < policy.live.threshold()[0] < 1.0
     steered = config.models["house-style"]
     assert (steered.base, steered.expert, steered.anti_expert) == ("cloud", "local", "local")
 
@@ -38,6 +43,24 @@ def test_embedded_default_config_is_valid():
     (lambda c: c["routing"].update(fallback=["cloud", "ghost"]), "routing.fallback[1]"),
     (lambda c: c.update(extra_key=1), "extra_key"),
     (lambda c: c["models"].update(tandem=c["models"]["local"]), "reserved"),
+    (lambda c: c["routing"].update(rules=[{"when": {"tools": True}, "use": "ghost"}]),
+     "routing.rules[0].use"),
+    (lambda c: c["routing"].update(rules=[{"when": {"user_regex": "(unclosed"}, "use": "cloud"}]),
+     "routing.rules.0.when.user_regex"),
+    (lambda c: c["routing"].update(rules=[{"when": {}, "use": "cloud"}]), "routing.rules.0.when"),
+    (lambda c: c["routing"].update(rules=[{"when": {"sql": "x"}, "use": "cloud"}]),
+     "routing.rules.0.when.sql"),
+    (lambda c: c["routing"].update(rules=[{"when": {"prompt_tokens_over": -1}, "use": "cloud"}]),
+     "routing.rules.0.when.prompt_tokens_over"),
+    (lambda c: c["routing"].update(learning={"enabled": True}), "routing.learning"),
+    (lambda c: c["routing"].update(learning={"explore": 0.9}), "routing.learning.explore"),
+    (lambda c: c["routing"].update(budget_downgrade_at=1.5), "routing.budget_downgrade_at"),
+    (lambda c: c["routing"].update(budget_downgrade_at=0.5), "routing.budget_downgrade_at"),
+    (lambda c: c.update(auth={"keys": [{"name": "a", "key_sha256": "0" * 64,
+                                        "cloud_fraction": 0.2}]}), "auth.keys[0].cloud_fraction"),
+    (lambda c: c.update(auth={"keys": [{"name": "a", "key_sha256": "0" * 64,
+                                        "budget_downgrade_at": 0.8}]}),
+     "auth.keys[0].budget_downgrade_at"),
 ])
 def test_bad_config_names_the_key(mutate, expected):
     data = json.loads(json.dumps(BASE))
@@ -60,6 +83,17 @@ def test_config_check_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "server.cli", "config", "check", str(good)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "OK" in r.stdout
+    routed = json.loads(json.dumps(BASE))  # valid YAML, but its checkpoint does not exist
+    routed["routing"].update(strong="cloud", weak="local",
+                             routers={"knn": str(tmp_path / "missing.npz")},
+                             router={"kind": "knn", "cloud_fraction": 0.3})
+    good.write_text(yaml.safe_dump(routed))
+    r = subprocess.run([sys.executable, "-m", "server.cli", "config", "check", str(good)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.npz" in r.stderr and "routing" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "server.cli", "config", "check",
+                        "server/configs/default.yaml"], capture_output=True, text=True)
+    assert r.returncode == 0 and "router knn at cloud_fraction 0.3" in r.stdout
 
 
 def test_policy_chain_and_reasons():

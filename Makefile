@@ -62,10 +62,12 @@ clean:
 # The broad router label set (issue 12): hours of CPU on 2 cores, resumable. Labels in
 # rounds of prompt-file prefixes, so that every round yields finished, graded rows of
 # every task type (the prompt file is shuffled by type); rerun to continue.
-LABEL_PORT ?= 8100
+# Ports 8100 (gateway) and 8101 (the 1.5B) are fixed by server/configs/labelling.yaml.
+LABEL_PORT := 8100
 LABEL_ROUNDS ?= 600 1200 1800 2418
 router-labels: venv models
-	$(BIN)/tandem serve-stack --port $(LABEL_PORT) --cloud-port $$(($(LABEL_PORT)+1)) --log-level warning & \
+	$(BIN)/tandem serve-stack --config server/configs/labelling.yaml --port $(LABEL_PORT) \
+	  --cloud-port $$(($(LABEL_PORT)+1)) --log-level warning & \
 	  stack=$$!; trap "kill $$stack" EXIT; \
 	  until curl -sf http://127.0.0.1:$(LABEL_PORT)/ready >/dev/null; do sleep 2; done; \
 	  for n in $(LABEL_ROUNDS); do \

@@ -31,6 +31,12 @@ JUDGE_PROMPT = ("Rate the answer to the question from 1 (useless) to 10 (perfect
                 "\n\nAnswer:\n{a}")
 
 
+def judge_score(reply: str) -> float | None:
+    """A judge's 1–10 reply as a score in [0.1, 1], or None when it gave no number."""
+    numbers = _NUMBER.findall(reply)
+    return min(10.0, max(1.0, float(numbers[0]))) / 10 if numbers else None
+
+
 async def grade_judge(http: httpx.AsyncClient, judge_model: str, row: dict,
                       answer: str) -> float:
     content = JUDGE_PROMPT.format(q=row.get("prompt", ""), ref=row.get("reference", ""),
@@ -39,8 +45,7 @@ async def grade_judge(http: httpx.AsyncClient, judge_model: str, row: dict,
         "model": judge_model, "temperature": 0, "max_tokens": 4,
         "messages": [{"role": "user", "content": content}]})
     r.raise_for_status()
-    numbers = _NUMBER.findall(r.json()["choices"][0]["message"]["content"])
-    return min(10.0, max(1.0, float(numbers[0]))) / 10 if numbers else 0.0
+    return judge_score(r.json()["choices"][0]["message"]["content"] or "") or 0.0
 
 
 def humaneval_rows(cache: Path) -> list[dict]:
@@ -99,14 +104,27 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
     async with httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=900,
                                  headers=headers) as http:
 
-        async def answer(model: str, row: dict) -> tuple[str, dict, str]:
+        failed: list[str] = []
+
+        async def answer(model: str, row: dict) -> tuple[str, dict, str | None]:
+            """The model's answer, or None (not cached, retried by the next run) when the
+            request failed or another model answered it (a gateway's fallback)."""
             messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-            async with sem:
-                r = await http.post("chat/completions", json={
-                    "model": model, "messages": messages, "temperature": 0,
-                    "max_tokens": int(row.get("max_tokens") or max_tokens)})
-            r.raise_for_status()
-            return model, row, r.json()["choices"][0]["message"]["content"] or ""
+            try:
+                async with sem:
+                    r = await http.post("chat/completions", json={
+                        "model": model, "messages": messages, "temperature": 0,
+                        "max_tokens": int(row.get("max_tokens") or max_tokens)})
+                r.raise_for_status()
+                body = r.json()
+            except (httpx.HTTPError, ValueError) as err:
+                failed.append(f"{model} {row['id']}: {type(err).__name__}: {err}"[:300])
+                return model, row, None
+            route = r.headers.get("x-tandem-route", model)
+            if route != model or body.get("model") not in (model, None):
+                failed.append(f"{model} {row['id']}: answered by {route!r}, not kept")
+                return model, row, None
+            return model, row, body["choices"][0]["message"]["content"] or ""
 
         with open(cache_path, "a") as cache_file:
             for model in (weak, strong):
@@ -114,11 +132,16 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
                 with tqdm(total=len(missing), desc=f"answers {model}", unit="prompt") as bar:
                     for result in asyncio.as_completed([answer(model, r) for r in missing]):
                         m, row, text = await result
+                        bar.update(1)
+                        if text is None:
+                            continue
                         cache[(m, row["id"])] = text
                         cache_file.write(json.dumps({"model": m, "id": row["id"],
                                                      "answer": text}) + "\n")
                         cache_file.flush()
-                        bar.update(1)
+        for line in failed:
+            print(f"tandem router label: {line}", file=sys.stderr)
+        answered = [r for r in todo if all((m, r["id"]) in cache for m in (weak, strong))]
 
         async def grade(row: dict, text: str) -> float:
             name = grader or row["grader"]
@@ -127,7 +150,7 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
             return await asyncio.to_thread(GRADERS[name], row, text)
 
         with open(out, "a") as f:
-            for row in tqdm(todo, desc="grade", unit="prompt"):
+            for row in tqdm(answered, desc="grade", unit="prompt"):
                 scores = [await grade(row, cache[(m, row["id"])]) for m in (weak, strong)]
                 keep = {k: row[k] for k in ("id", "type", "source", "prompt", "messages",
                                             "reference") if k in row}
@@ -135,4 +158,7 @@ async def label(rows: list[dict], out: Path, base_url: str, weak: str, strong: s
                                     "weak_model": weak, "strong_model": strong,
                                     "grader": grader or row["grader"]},
                                    ensure_ascii=False) + "\n")
-    return len(todo)
+    if failed:
+        print(f"tandem router label: {len(failed)} answers failed or came from another "
+              "model; run again to retry them", file=sys.stderr)
+    return len(answered)

@@ -42,8 +42,9 @@ def dense(s: dict, dim: int) -> np.ndarray:
 
 
 def dedupe(labels: list[dict]) -> list[dict]:
-    """One label per request id; the latest feedback wins."""
-    return list({lab["id"]: lab for lab in labels}.values())
+    """One label per request id: the latest caller feedback, else the latest judge's."""
+    ordered = sorted(labels, key=lambda lab: lab.get("source") != "judge")  # stable
+    return list({lab["id"]: lab for lab in ordered}.values())
 
 
 def held_out(request_id: str, share: float) -> bool:

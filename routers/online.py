@@ -197,6 +197,27 @@ class LiveRouter(Router):
         self.maybe_retrain(total)
         return {"labels": total, "role": record["role"], "model": record["model"]}
 
+    def sample_judge(self) -> bool:
+        judge = self.learning_cfg.judge
+        return judge is not None and self._rng.random() < judge.sample
+
+    async def judge(self, client, request_id: str, key: str | None, messages: list[dict],
+                    answer: str) -> None:
+        """The judge model rates one answer 1–10; the rating becomes a label (a caller's
+        own feedback on the same request wins over it)."""
+        from routers.label import JUDGE_PROMPT, judge_score
+
+        question = _latest_user_text(messages)
+        try:
+            result = await client.chat({"model": client.name, "temperature": 0, "max_tokens": 4,
+                                        "messages": [{"role": "user", "content": JUDGE_PROMPT.format(
+                                            q=question, ref="", a=answer)}]})
+            score = judge_score(result["choices"][0]["message"]["content"] or "")
+            if score is not None:
+                await self.feedback(request_id, key, score, source="judge")
+        except Exception:  # noqa: BLE001 - a judge that fails teaches nothing, breaks nothing
+            log.warning("router: judge failed for request %s", request_id, exc_info=True)
+
     def maybe_retrain(self, total: int) -> None:
         if (total - self.trained_on >= self.learning_cfg.retrain_every
                 and (self._retraining is None or self._retraining.done())):
@@ -289,6 +310,12 @@ class LiveRouter(Router):
                              "retraining": bool(self._retraining and not self._retraining.done()),
                              "last_retrain": self.last_retrain,
                              "history": list(self.history)}}
+
+
+def _latest_user_text(messages: list[dict]) -> str:
+    from routers.rules import RouteContext
+
+    return RouteContext({"messages": messages}).latest_user_text()
 
 
 def _meta_apgr(path: str) -> float | None:

@@ -120,6 +120,7 @@ class ChatService:
         record.rule, record.reason, record.score = decision.rule, decision.reason, decision.score
         self._check_capabilities(decision, body)
         clients = self.clients
+        record.private = ctx.private
         if prepared is not None and prepared.plan.private:
             chain, clients = self.privacy.chain(prepared, decision.chain)
             decision = replace(decision, chain=chain,
@@ -171,6 +172,21 @@ class ChatService:
             log.warning("router: could not store request %s for feedback", record.request_id,
                         exc_info=True)
 
+    def _judge_later(self, decision: Decision, record: RequestRecord, body: dict,
+                     answer: str | None) -> None:
+        """With routing.learning.judge, a sampled share of routed answers is graded by the
+        judge model in the background (never one that carried private spans)."""
+        live = self.policy.live
+        judge = live.learning_cfg.judge if live is not None and live.learning else None
+        if (judge is None or not decision.routed or record.private or not answer
+                or judge.model not in self.clients or not live.sample_judge()):
+            return
+        task = asyncio.get_running_loop().create_task(live.judge(
+            self.clients[judge.model], record.request_id,
+            getattr(record.api_key, "name", None), body.get("messages") or [], answer))
+        self._bookings.add(task)
+        task.add_done_callback(self._bookings.discard)
+
     def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str) -> str:
         log.warning("model %s failed (%s): %s", chain[i], stage, err.message)
         if self.metrics is not None:
@@ -197,6 +213,9 @@ class ChatService:
             record.route, record.reason = name, reason
             record.usage(result.get("usage"))
             await self._remember(decision, record, name, body)
+            choices = result.get("choices") or [{}]
+            self._judge_later(decision, record, body,
+                              (choices[0].get("message") or {}).get("content"))
             return Response(orjson.dumps(result), media_type="application/json",
                             headers=_headers(name, reason, clients[name]))
         raise AssertionError("empty chain")  # Decision always has one model
@@ -297,4 +316,6 @@ class ChatService:
             await chunks.aclose()
             if not record.completion_tokens:
                 record.completion_tokens = len(sent)  # no usage from upstream: chunk count
+            if record.status == 200:
+                self._judge_later(decision, record, body, "".join(sent))
             self._finish(record)

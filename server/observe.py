@@ -115,6 +115,7 @@ class RequestRecord:
     completion_tokens: int = 0
     score: float | None = None  # router p_strong, when a router decided
     api_key: object = None  # the ApiKeyConfig that authenticated the request, if any
+    private: bool = False  # the request carried private spans
     done: bool = False
 
     def usage(self, usage: dict | None) -> None:

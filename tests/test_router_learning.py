@@ -391,3 +391,27 @@ def test_two_replicas_share_labels_through_redis(local_model_path, cloud_server,
             gw.stop()
         redis.terminate()
         redis.wait(10)
+
+
+def test_a_judge_model_labels_answers_nobody_rated(local_model_path, cloud_server, workdir):
+    tmp = workdir / "judged"
+    tmp.mkdir()
+    _checkpoint(tmp / "c.npz")
+    gw = start_gateway(_config(local_model_path, cloud_server.url + "/v1", tmp / "c.npz", tmp,
+                               {"judge": {"model": "local", "sample": 1.0}}), tmp, name="judged")
+    try:
+        headers, _ = _ask(gw, EASY[3])
+        _ask(gw, EASY[1], extra_body={"private_context": "My name is Vesna Korlat."})  # not judged
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _status(gw)["labels"] < 1:
+            time.sleep(0.5)
+        time.sleep(3)  # time for a (wrong) judgement of the private request to land
+        assert _status(gw)["labels"] == 1
+        metrics = httpx.get(gw.url + "/metrics", timeout=10).text
+        assert 'tandem_router_labels_total{role="weak",source="judge"} 1.0' in metrics
+        # the caller's own feedback on the same request is stored beside it and wins
+        r = _post(gw, "/v1/tandem/feedback", {"request_id": headers["x-request-id"],
+                                              "score": 0.0})
+        assert r.status_code == 200 and r.json()["labels"] == 2
+    finally:
+        gw.stop()

@@ -48,10 +48,13 @@ def grade_exact(row: dict, answer: str) -> float:
 
 @grader("numeric")
 def grade_numeric(row: dict, answer: str) -> float:
-    """The number after a final ``Answer:`` if there is one, else the last number."""
-    tail = answer.rsplit("Answer:", 1)[-1] if "Answer:" in answer else answer
+    """The first number after the last ``Answer:`` if there is one, else the last number."""
+    marked = "Answer:" in answer
+    tail = answer.rsplit("Answer:", 1)[-1] if marked else answer
     numbers = _NUMBER.findall(tail.replace(",", "").replace("$", ""))
-    return float(bool(numbers) and abs(float(numbers[-1]) - float(row["reference"])) < 1e-6)
+    if not numbers:
+        return 0.0
+    return float(abs(float(numbers[0 if marked else -1]) - float(row["reference"])) < 1e-6)
 
 
 @grader("choice")

@@ -20,16 +20,9 @@ from routers.embed import HashingEmbedder, conversation_text
 from routers.learned import LogisticScorer
 from routers.learning import held_out
 from server.auth import hash_key
+from tests.support.prompts import EASY, HARD
 from tests.support.servers import free_port, start_gateway
 
-EASY = ["say hello", "name a colour", "what is 2 plus 2", "print hello world",
-        "spell cat", "count to three"]
-HARD = ["prove that there are infinitely many primes",
-        "implement a lock-free concurrent hash map in C++",
-        "derive the backpropagation equations for an LSTM",
-        "design a byzantine fault tolerant consensus protocol",
-        "prove the four colour theorem", "write a garbage collector in C"]
-KEYS = {"alice": "sk-alice", "bob": "sk-bob", "carol": "sk-carol"}
 
 
 def _checkpoint(path) -> None:

@@ -14,13 +14,10 @@ import yaml
 from routers import checkpoint
 from routers.embed import HashingEmbedder, conversation_text
 from routers.learned import LogisticScorer, MFScorer
+from tests.support.prompts import EASY as _EASY, HARD as _HARD
 from tests.support.servers import start_gateway
 
-EASY = ["say hello", "name a colour", "what is 2 plus 2", "print hello world"]
-HARD = ["prove that there are infinitely many primes",
-        "implement a lock-free concurrent hash map in C++",
-        "derive the backpropagation equations for an LSTM",
-        "design a byzantine fault tolerant consensus protocol"]
+EASY, HARD = _EASY[:4], _HARD[:4]
 
 
 def _train(path, mf_path=None) -> None:

@@ -1,16 +1,17 @@
 """Learning from served traffic: labels from feedback, retraining, and the gate.
 
-Feedback scores one answer, of the model that gave it, so a traffic label is partial:
-- the weak model answered with score s: the strong one was needed with probability
-  1 − s (target ``1 − s``);
-- the strong model answered and failed (s < 0.5): it did not help, target 0;
-- the strong model answered well: says nothing of the weak one, kept for the gate only.
+Feedback scores one answer, of the model that gave it, so a traffic label is partial.
+The other model's score is imputed by a kNN vote of that model's known scores nearby
+(the shipped rows, where both are known, and the traffic labels of that model); the
+training target is the strong model's expected gain, clip(strong − weak, 0, 1).
+Exploration makes sure both models have traffic labels near each kind of prompt.
 
 A new scorer is trained on the shipped label set plus the traffic labels (weighted
 ``traffic_weight``), never on held-out labels (a hash of the request id). It replaces
 the serving one only if its APGR on held-out traffic labels (the missing model's score
-imputed by that model's mean score) is no worse; with fewer than ``MIN_GATE`` held-out
-traffic labels, on the held-out split of the shipped label set instead.
+imputed as above) is no worse; with fewer than ``min_heldout`` of them nothing is
+judged and nothing changes (the shipped set's own held-out split says nothing about
+the traffic, so it is not used).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import numpy as np
 
 from routers import checkpoint
 from routers.evaluate import summary
-from routers.learned import SCORERS
+from routers.learned import SCORERS, KNNScorer
 
-MIN_GATE = 10
 
 
 def sparse(e: np.ndarray) -> dict:
@@ -67,54 +67,66 @@ def base_rows(path: str | None, embedder) -> dict:
 
     if not path or not Path(path).exists():
         return {"X": np.zeros((0, embedder.dim), np.float32), "y": np.zeros(0),
-                "X_held": np.zeros((0, embedder.dim), np.float32), "held": []}
+                "X_held": np.zeros((0, embedder.dim), np.float32), "held": [],
+                "weak": np.zeros(0), "strong": np.zeros(0)}
     train_rows, held = split(read_jsonl(path), 0.2)
     X = embedder.embed([conversation_text(_messages(r)) for r in train_rows])
     X_held = embedder.embed([conversation_text(_messages(r)) for r in held])
-    return {"X": X, "y": targets(train_rows), "X_held": X_held, "held": held}
+    return {"X": X, "y": targets(train_rows), "X_held": X_held, "held": held,
+            "weak": np.array([r["weak_score"] for r in train_rows], float),
+            "strong": np.array([r["strong_score"] for r in train_rows], float)}
 
 
-def traffic_training(labels: list[dict], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(X, y) of the traffic labels that say something about the strong model's need."""
-    X, y = [], []
-    for lab in labels:
-        if lab["role"] == "weak":
-            X.append(dense(lab["x"], dim))
-            y.append(1.0 - lab["score"])
-        elif lab["role"] == "strong" and lab["score"] < 0.5:
-            X.append(dense(lab["x"], dim))
-            y.append(0.0)
-    return (np.array(X, np.float32).reshape(-1, dim), np.array(y))
+class Imputer:
+    """Each model's expected score near a prompt: a kNN vote over the shipped rows (both
+    scores known) and the traffic labels of that model. It fills in the score of the
+    model that did not answer, so a partial label becomes a full one."""
+
+    def __init__(self, base: dict, labels: list[dict], dim: int) -> None:
+        self.heads = {}
+        for role in ("weak", "strong"):
+            own = [lab for lab in labels if lab["role"] == role]
+            X = np.concatenate([base["X"], np.array([dense(lab["x"], dim) for lab in own],
+                                                    np.float32).reshape(-1, dim)])
+            y = np.concatenate([base[role], [lab["score"] for lab in own]])
+            self.heads[role] = KNNScorer.train(X, y) if len(y) else None
+
+    def full(self, labels: list[dict], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(X, weak scores, strong scores): observed where given, imputed elsewhere."""
+        X = np.array([dense(lab["x"], dim) for lab in labels], np.float32).reshape(-1, dim)
+        observed = np.array([lab["score"] for lab in labels], float)
+        roles = np.array([lab["role"] for lab in labels])
+        scores = {}
+        for role, fallback in (("weak", 0.0), ("strong", 1.0)):
+            head = self.heads[role]
+            guess = (np.asarray(head.score(X), float) if head is not None and len(X)
+                     else np.full(len(X), fallback))
+            scores[role] = np.where(roles == role, observed, guess)
+        return X, scores["weak"], scores["strong"]
 
 
-def partial_apgr(scores: np.ndarray, labels: list[dict]) -> float | None:
-    """APGR on partial labels: each label's other model scored by that model's mean
-    (1.0 for a strong model never rated, 0.0 for a weak one: the optimistic bound)."""
-    roles = np.array([lab["role"] for lab in labels])
-    values = np.array([lab["score"] for lab in labels], float)
-    is_weak, is_strong = roles == "weak", roles == "strong"
-    mean_w = values[is_weak].mean() if is_weak.any() else 0.0
-    mean_s = values[is_strong].mean() if is_strong.any() else 1.0
-    weak = np.where(roles == "weak", values, mean_w)
-    strong = np.where(roles == "strong", values, mean_s)
+def traffic_training(labels: list[dict], imputer: Imputer,
+                     dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of the traffic labels, y = the strong model's expected gain, clipped to
+    [0, 1] (with both scores 0/1, exactly RouteLLM's "strong needed")."""
+    X, weak, strong = imputer.full(labels, dim)
+    return X, np.clip(strong - weak, 0.0, 1.0)
+
+
+def partial_apgr(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> float | None:
     if strong.mean() - weak.mean() <= 1e-9:
         return None
     return summary(scores, weak, strong)["apgr"]
 
 
-def _gate_score(scorer, gate: list[dict], base: dict, dim: int) -> tuple[float | None, str]:
-    if len(gate) >= MIN_GATE:
-        X = np.stack([dense(lab["x"], dim) for lab in gate])
-        value = partial_apgr(np.asarray(scorer.score(X)), gate)
-        if value is not None:
-            return value, f"{len(gate)} held-out traffic labels"
-    held = base["held"]
-    if not held:
-        return None, "nothing held out"
-    weak = np.array([r["weak_score"] for r in held], float)
-    strong = np.array([r["strong_score"] for r in held], float)
-    return (summary(np.asarray(scorer.score(base["X_held"])), weak, strong)["apgr"],
-            f"{len(held)} held-out shipped labels")
+def _gate_score(scorer, gate: list[dict], dim: int, imputer: Imputer,
+                min_heldout: int) -> tuple[float | None, str]:
+    """APGR on the held-out traffic labels (None with fewer than ``min_heldout``)."""
+    if len(gate) < max(1, min_heldout):
+        return None, f"{len(gate)} held-out traffic labels (fewer than {min_heldout})"
+    X, weak, strong = imputer.full(gate, dim)
+    return (partial_apgr(np.asarray(scorer.score(X)), weak, strong),
+            f"{len(gate)} held-out traffic labels")
 
 
 _WORKER: dict = {}  # per worker process: embedded shipped labels, loaded checkpoints
@@ -148,28 +160,28 @@ def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,
     usable = [lab for lab in labels if lab.get("x", {}).get("d") == dim]
     gate = [lab for lab in usable if held_out(lab["id"], cfg.holdout)]
     train_labels = [lab for lab in usable if not held_out(lab["id"], cfg.holdout)]
-    Xt, yt = traffic_training(train_labels, dim)
+    imputer = Imputer(base, train_labels, dim)
+    Xt, yt = traffic_training(train_labels, imputer, dim)
     if not len(yt):
         return {"outcome": "skipped", "reason": "no trainable traffic labels yet"}
     X = np.concatenate([base["X"], Xt])
     y = np.concatenate([base["y"], yt])
     w = np.concatenate([np.ones(len(base["y"])), np.full(len(yt), cfg.traffic_weight)])
     scorer = SCORERS[kind].train(X, y, weights=w)
-    new_value, on = _gate_score(scorer, gate, base, dim)
-    old_value, _ = _gate_score(current.scorer, gate, base, dim)
+    new_value, on = _gate_score(scorer, gate, dim, imputer, cfg.min_heldout)
+    old_value, _ = _gate_score(current.scorer, gate, dim, imputer, cfg.min_heldout)
     figures = {"new_apgr": new_value, "old_apgr": old_value, "gate": on,
                "traffic_labels": len(usable), "trained_rows": int(len(y))}
     if new_value is None:  # nothing to judge it on: wait for held-out labels
-        return {"outcome": "skipped", "reason": "no held-out labels to judge a new "
-                f"checkpoint on yet (needs {MIN_GATE} held-out traffic labels or a shipped "
-                "label file)", **figures}
+        return {"outcome": "skipped", "reason": "not enough held-out traffic labels to "
+                f"judge a new checkpoint on yet ({on})", **figures}
     if old_value is not None and new_value < old_value - 1e-9:
         return {"outcome": "rejected", **figures}
     R = (np.stack([dense(s, dim) for s in recent]) if recent
          else np.zeros((0, dim), np.float32))
     recent_scores = np.asarray(scorer.score(R), float) if len(R) else np.zeros(0)
     calibration = (recent_scores if len(recent_scores) >= 100
-                   else np.asarray(scorer.score(base["X_held"] if len(base["X_held"]) else X),
+                   else np.asarray(scorer.score(np.concatenate([base["X_held"], Xt])),
                                    float).reshape(-1))
     version = current.version + 1
     out = Path(cfg.checkpoint_dir).expanduser()

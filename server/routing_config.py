@@ -89,6 +89,8 @@ class LearningConfig(_Strict):
     retrain_every: int = Field(50, ge=1, description="new labels between retrains")
     holdout: float = Field(0.2, ge=0, lt=1, description="share of traffic labels kept to "
                            "judge a new checkpoint (by a hash of the request id)")
+    min_heldout: int = Field(30, ge=1, description="held-out traffic labels needed before "
+                             "a new checkpoint is judged (and can serve)")
     traffic_weight: float = Field(3.0, gt=0, description="weight of a traffic label "
                                   "against one row of the shipped label set")
     base_labels: str | None = Field(None, description="label file trained on with the "

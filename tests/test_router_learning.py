@@ -82,7 +82,8 @@ def learner(local_model_path, cloud_server, workdir):
     ckpt = tmp / "classifier.npz"
     _checkpoint(ckpt)
     gw = start_gateway(_config(local_model_path, cloud_server.url + "/v1", ckpt, tmp,
-                               {"retrain_every": 12, "holdout": 0.3, "feedback_ttl_s": 30},
+                               {"retrain_every": 12, "holdout": 0.3, "feedback_ttl_s": 30,
+                                "min_heldout": 2},
                                rules=RULES), tmp, name="learner")
     gw.checkpoint = ckpt
     yield gw
@@ -272,13 +273,17 @@ def test_learning_under_concurrent_load_retrains_a_new_version(learner):
     asyncio.run(run())
     status = _wait_retrain(learner, before["labels"] + 24)
     assert status["labels"] >= before["labels"] + 24
-    assert status["learning"]["last_retrain"]["outcome"] == "accepted", status
-    assert status["checkpoint"]["version"] >= 2
-    assert status["checkpoint"]["path"].endswith(".npz") and "routers" in status["checkpoint"]["path"]
+    # every retrain ran to a verdict (on a few held-out labels either is possible; the
+    # verdicts themselves are tested below), and the version counts the accepted ones
+    outcomes = [h["outcome"] for h in status["learning"]["history"]]
+    assert outcomes and set(outcomes) <= {"accepted", "rejected"}, status
+    assert status["checkpoint"]["version"] == 1 + outcomes.count("accepted")
+    if status["checkpoint"]["version"] > 1:  # written to checkpoint_dir, versioned
+        assert "/routers/classifier-v" in status["checkpoint"]["path"]
     assert status["cloud_fraction"]["target"] == 0.5
     assert 0.0 <= status["cloud_fraction"]["actual"] <= 1.0
     metrics = httpx.get(learner.url + "/metrics", timeout=10).text
-    assert 'tandem_router_retrains_total{outcome="accepted"}' in metrics
+    assert "tandem_router_retrains_total{outcome=" in metrics
     assert "tandem_router_checkpoint_version" in metrics
     assert 'tandem_router_feedback_total{outcome="accepted"}' in metrics
     assert "tandem_router_decision_seconds_bucket" in metrics
@@ -299,27 +304,43 @@ def _served(gw, n: int) -> list[tuple[str, bool]]:
     return out
 
 
-def test_a_worse_router_is_rejected_and_the_old_one_keeps_serving(local_model_path,
-                                                                  cloud_server, workdir):
-    tmp = workdir / "worse"
+@pytest.mark.parametrize("truth", ["lies", "inverted"])
+def test_the_gate_keeps_a_worse_router_out_and_lets_a_better_one_in(truth, local_model_path,
+                                                                    cloud_server, workdir):
+    """Feedback says the shipped router is wrong: easy prompts need the strong model and
+    hard ones do not. Told consistently ("inverted"), the retrained router is better on
+    the held-out labels and serves; told only on the training labels while the held-out
+    ones agree with the old router ("lies"), it is worse and is kept out."""
+    tmp = workdir / f"gate-{truth}"
     tmp.mkdir()
     _checkpoint(tmp / "c.npz")
     gw = start_gateway(_config(local_model_path, cloud_server.url + "/v1", tmp / "c.npz", tmp,
-                               {"retrain_every": 40, "holdout": 0.5, "traffic_weight": 50}),
+                               {"retrain_every": 40, "holdout": 0.5, "traffic_weight": 50,
+                                "min_heldout": 10}),
                        tmp, name="worse")
     try:
         served = _served(gw, 40)
         for rid, hard in served:
-            truth = 0.0 if hard else 1.0  # the weak model fails hard prompts
-            score = truth if held_out(rid, 0.5) else 1.0 - truth  # trained on lies
+            believed = 0.0 if hard else 1.0  # what the shipped router believes of the weak
+            if truth == "inverted" or not held_out(rid, 0.5):
+                score = 1.0 - believed
+            else:
+                score = believed
             assert _post(gw, "/v1/tandem/feedback", {"request_id": rid,
                                                      "score": score}).status_code == 200
         status = _wait_retrain(gw, 40)
         last = status["learning"]["last_retrain"]
-        assert last["outcome"] == "rejected", last
-        assert last["new_apgr"] < last["old_apgr"] and "held-out traffic" in last["gate"]
-        assert status["checkpoint"]["version"] == 1
-        assert _route(gw, _chat_body(HARD[0]))["model"] == "cloud"  # old router serving
+        assert "held-out traffic" in last["gate"]
+        if truth == "lies":
+            assert last["outcome"] == "rejected", last
+            assert last["new_apgr"] < last["old_apgr"]
+            assert status["checkpoint"]["version"] == 1
+            assert _route(gw, _chat_body(HARD[0]))["model"] == "cloud"  # old router serving
+        else:
+            assert last["outcome"] == "accepted", last
+            assert last["new_apgr"] > last["old_apgr"]
+            assert status["checkpoint"]["version"] == 2
+            assert _route(gw, _chat_body(HARD[0] + " #1"))["model"] == "local"  # new one
     finally:
         gw.stop()
 
@@ -331,12 +352,13 @@ def test_a_failed_retrain_changes_nothing(local_model_path, cloud_server, workdi
     blocker = tmp / "not-a-dir"
     blocker.write_text("a file where the checkpoint directory should be")
     gw = start_gateway(_config(local_model_path, cloud_server.url + "/v1", tmp / "c.npz", tmp,
-                               {"retrain_every": 6, "checkpoint_dir": str(blocker / "x")}),
+                               {"retrain_every": 20, "holdout": 0.5, "min_heldout": 1,
+                                "checkpoint_dir": str(blocker / "x")}),
                        tmp, name="failing")
     try:
-        for rid, hard in _served(gw, 6):
+        for rid, hard in _served(gw, 20):
             _post(gw, "/v1/tandem/feedback", {"request_id": rid, "score": 0.0 if hard else 1.0})
-        status = _wait_retrain(gw, 6)
+        status = _wait_retrain(gw, 20)
         assert status["learning"]["last_retrain"]["outcome"] == "failed"
         assert "error" in status["learning"]["last_retrain"]
         assert status["checkpoint"]["version"] == 1

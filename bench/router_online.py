@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit_json, machine, percentile, print_table  # noqa: I001
+from common import ROOT, emit_json, machine, percentile, print_table  # noqa: I001
 
 import httpx
 import numpy as np
@@ -37,7 +37,7 @@ from routers.evaluate import summary
 from routers.tools import read_jsonl, split, targets, task_type, train
 from tests.support.servers import start_gateway
 
-LABELS = "routers/data/broad-qwen0.5b-vs-1.5b.jsonl"
+LABELS = str(ROOT / "routers/data/broad-qwen0.5b-vs-1.5b.jsonl")
 CHECKPOINTS = (0, 50, 100, 200)
 
 
@@ -52,13 +52,14 @@ def pick_mix(rows: list[dict], k: int) -> list[str]:
 
 
 def config(fake_url: str, ckpt: Path, base: Path, tmp: Path, kind: str, fraction: float,
-           explore: float) -> dict:
+           explore: float, embedder: str) -> dict:
     upstream = {"backend": "openai", "base_url": fake_url, "model": "fake", "max_retries": 0}
     return {"server": {"access_log": False},
             "models": {"local": upstream, "cloud": dict(upstream)},
             "routing": {"default": "local", "strong": "cloud", "weak": "local",
                         "routers": {kind: str(ckpt)},
                         "router": {"kind": kind, "cloud_fraction": fraction},
+                        "embedder": embedder,
                         "learning": {"enabled": True, "explore": explore, "retrain_every": 50,
                                      "holdout": 0.2, "base_labels": str(base),
                                      "checkpoint_dir": str(tmp / "ckpts"), "poll_s": 1}},
@@ -135,10 +136,10 @@ async def run(args, rows: list[dict], tmp: Path) -> dict:
     base = tmp / "base.jsonl"
     base.write_text("".join(json.dumps(r) + "\n" for r in base_rows))
     ckpt = tmp / f"base-{args.kind}.npz"
-    train(args.kind, str(base), str(ckpt), "hashing-4096", 0.2)
+    train(args.kind, str(base), str(ckpt), args.embedder, 0.2)
     fake = start_fake(tmp)
     gw = start_gateway(config(fake.url + "/v1", ckpt, base, tmp, args.kind, args.cloud_fraction,
-                              args.explore), tmp, name="online")
+                              args.explore, args.embedder), tmp, name="online")
     log: list[dict] = []
     out: dict = {"mix": mix, "traffic": len(traffic), "held_out": len(held),
                  "base_rows": len(base_rows), "stages": []}
@@ -181,7 +182,8 @@ def main() -> None:
     ap.add_argument("--labels", default=LABELS)
     ap.add_argument("--mix", default="", help="task types replayed (default: picked)")
     ap.add_argument("--mix-types", type=int, default=3)
-    ap.add_argument("--kind", default="knn")
+    ap.add_argument("--kind", default="classifier")
+    ap.add_argument("--embedder", default="hashing-1024")
     ap.add_argument("--cloud-fraction", type=float, default=0.3)
     ap.add_argument("--explore", type=float, default=0.1)
     ap.add_argument("--concurrency", type=int, default=4)
@@ -201,7 +203,7 @@ def main() -> None:
     print(f"router_online: {machine()}; {args.labels}; mix {','.join(out['mix'])}: "
           f"{out['traffic']} replayed, {out['held_out']} held out; base router {args.kind} on "
           f"{out['base_rows']} prompts of the other types; cloud_fraction "
-          f"{args.cloud_fraction}, explore {args.explore}")
+          f"{args.cloud_fraction}, explore {args.explore}, embedder {args.embedder}")
     print_table(["feedback events", "held-out APGR", "version", "last retrain", "gated on",
                  "cloud share (recent)"],
                 [[s["events"], s["apgr"], s["version"], s["outcome"], s["gate"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import emit_json, machine, print_table  # noqa: I001
+from common import ROOT, emit_json, machine, print_table  # noqa: I001
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from routers.evaluate import curves, summary, threshold_for_fraction
 from routers.learned import SCORERS
 from routers.tools import embed_rows, out_of_fold, read_jsonl, split, targets, task_type
 
-LABELS = "routers/data/broad-qwen0.5b-vs-1.5b.jsonl"
+LABELS = str(ROOT / "routers/data/broad-qwen0.5b-vs-1.5b.jsonl")
 
 
 def scores_of(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:

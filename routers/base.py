@@ -92,8 +92,8 @@ def make_embedder(name: str):
 
 
 def shipped_checkpoint(name: str):
-    """A checkpoint path as given, or the shipped checkpoint of that name (``broad-knn``
-    -> routers/checkpoints/broad-knn.npz)."""
+    """A checkpoint path as given, or the shipped checkpoint of that name (``broad-classifier``
+    -> routers/checkpoints/broad-classifier.npz)."""
     from pathlib import Path
 
     path = Path(name).expanduser()

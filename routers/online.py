@@ -18,6 +18,7 @@ import asyncio
 import collections
 import logging
 import multiprocessing
+import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -277,8 +278,9 @@ class LiveRouter(Router):
         """``learning.retrain_job`` in the worker process (started on first use; a
         crashed worker is replaced on the next retrain)."""
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(  # niced: serving keeps the cores first
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=os.nice, initargs=(15,))
         cfg = self.learning_cfg
         base = cfg.base_labels or learning.labels_of(self.base.source)
         job = (self.kind, self.current.version, self.current.path, labels, base,

@@ -21,7 +21,7 @@ from routers.evaluate import curves, summary, threshold_for_fraction
 from routers.learned import SCORERS
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "broad-knn.npz"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "broad-classifier.npz"
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -120,7 +120,7 @@ class RoutingConfig(_Strict):
     weak: str | None = Field(None, description="model a router picks otherwise")
     routers: dict[str, str] = Field(
         default_factory=dict, description="router kind -> checkpoint (.npz path, or the "
-        "name of a shipped one: broad-knn); random needs none")
+        "name of a shipped one: broad-classifier); random needs none")
     router: PolicyRouterConfig | None = Field(None, description="what `tandem` uses")
     embedder: str = Field("hashing-4096", description="prompt embedding for learned routers")
     rules: list[RuleConfig] = Field(default_factory=list,

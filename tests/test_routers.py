@@ -202,7 +202,7 @@ def test_router_eval_without_a_checkpoint_evaluates_the_shipped_default(tmp_path
     lines = r.stdout.strip().splitlines()
     figures = json.loads(lines[-1])
     assert {"apgr", "cpt50", "cpt80", "random_apgr"} <= set(figures)
-    assert figures["checkpoint"].endswith("broad-knn.npz")
+    assert figures["checkpoint"].endswith("broad-classifier.npz")
     assert "held-out" in figures["labels"] and figures["n"] >= 30
     assert figures["apgr"] > figures["random_apgr"]  # the shipped router beats random
     assert figures["oracle_apgr"] >= figures["apgr"]

@@ -28,7 +28,7 @@ def test_embedded_default_config_is_valid():
     assert config.routing.default == "local"
     r = config.routing  # `tandem` routes out of the box: the shipped router at 30 % cloud
     assert (r.strong, r.weak, r.router.kind, r.router.cloud_fraction) == ("cloud", "local",
-                                                                         "knn", 0.3)
+                                                                         "classifier", 0.3)
     policy = Policy.from_config(config)
     assert policy.live is not None and 0.0 < policy.live.threshold()[0] < 1.0
     steered = config.models["house-style"]
@@ -93,7 +93,7 @@ def test_config_check_cli(tmp_path):
     assert r.returncode == 2 and "missing.npz" in r.stderr and "routing" in r.stderr
     r = subprocess.run([sys.executable, "-m", "server.cli", "config", "check",
                         "server/configs/default.yaml"], capture_output=True, text=True)
-    assert r.returncode == 0 and "router knn at cloud_fraction 0.3" in r.stdout
+    assert r.returncode == 0 and "router classifier at cloud_fraction 0.3" in r.stdout
 
 
 def test_policy_chain_and_reasons():

@@ -48,15 +48,9 @@ def test_mf_training_gradient_matches_finite_differences():
 
 def _synthetic(n: int, seed: int):
     """Prompts whose need for the strong model is knowable: proofs and hard code need it."""
+    from tests.support.prompts import EASY as easy, HARD as hard
+
     rng = np.random.default_rng(seed)
-    easy = ["say hello", "what is 2 plus 2", "name a colour", "translate cat to French",
-            "reverse a list in python", "print hello world"]
-    hard = ["prove that there are infinitely many primes",
-            "implement a lock-free concurrent hash map in C++",
-            "derive the backpropagation equations for an LSTM",
-            "write a compiler pass for loop invariant code motion",
-            "prove the correctness of Dijkstra's algorithm",
-            "design a distributed consensus protocol tolerant to byzantine faults"]
     texts, labels = [], []
     for _ in range(n):
         strong = rng.random() < 0.5

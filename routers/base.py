@@ -73,11 +73,14 @@ class LearnedRouter(Router):
                              "or configure routing.router.threshold")
         return threshold_for_fraction(self.calibration, cloud_fraction)
 
-    def p_strong(self, messages: Conversation) -> float:
+    def embed(self, messages: Conversation):
+        """The conversation's prompt embedding (latest user turn first, capped)."""
         from routers.embed import conversation_text
 
-        e = self.embedder.embed([conversation_text(messages)])[0]
-        return float(self.scorer.score(e))
+        return self.embedder.embed([conversation_text(messages)])[0]
+
+    def p_strong(self, messages: Conversation) -> float:
+        return float(self.scorer.score(self.embed(messages)))
 
 
 def make_embedder(name: str):

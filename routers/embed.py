@@ -21,6 +21,14 @@ def content_text(content) -> str:
     return ""
 
 
+def latest_user_text(messages: list[dict]) -> str:
+    """The text of the latest user turn ("" when there is none)."""
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return content_text(m.get("content"))
+    return ""
+
+
 def conversation_text(messages: list[dict], budget_chars: int = 4000) -> str:
     """The latest user turn first (it matters most), then earlier turns newest-first, cut
     at ``budget_chars`` so long histories cost the same as short ones."""

@@ -27,7 +27,6 @@ from routers.evaluate import summary
 from routers.learned import SCORERS, KNNScorer
 
 
-
 def sparse(e: np.ndarray) -> dict:
     """A unit-norm embedding as its non-zero entries (hashing features are sparse)."""
     idx = np.flatnonzero(e)
@@ -61,18 +60,20 @@ def labels_of(checkpoint_path: str) -> str | None:
 
 
 def base_rows(path: str | None, embedder) -> dict:
-    """The shipped label set, embedded and split as its checkpoint was (20 %% held out)."""
+    """The shipped label set's training rows (embedded, targets, both scores) and the
+    embeddings of its held-out rows (20%, as `tandem router train` splits it), which
+    calibrate a new checkpoint until recent traffic can."""
     from routers.tools import _messages, read_jsonl, split, targets
     from routers.embed import conversation_text
 
     if not path or not Path(path).exists():
         return {"X": np.zeros((0, embedder.dim), np.float32), "y": np.zeros(0),
-                "X_held": np.zeros((0, embedder.dim), np.float32), "held": [],
+                "X_held": np.zeros((0, embedder.dim), np.float32),
                 "weak": np.zeros(0), "strong": np.zeros(0)}
     train_rows, held = split(read_jsonl(path), 0.2)
     X = embedder.embed([conversation_text(_messages(r)) for r in train_rows])
     X_held = embedder.embed([conversation_text(_messages(r)) for r in held])
-    return {"X": X, "y": targets(train_rows), "X_held": X_held, "held": held,
+    return {"X": X, "y": targets(train_rows), "X_held": X_held,
             "weak": np.array([r["weak_score"] for r in train_rows], float),
             "strong": np.array([r["strong_score"] for r in train_rows], float)}
 

@@ -31,7 +31,7 @@ import orjson
 
 from routers import checkpoint, learning
 from routers.base import LearnedRouter, Router
-from routers.embed import conversation_text
+from routers.embed import latest_user_text
 from routers.evaluate import threshold_for_fraction
 
 log = logging.getLogger("tandem.router")
@@ -75,6 +75,7 @@ class LiveRouter(Router):
         self.tracking = cfg.cloud_fraction is not None and cfg.track_window > 0
         self.recent_embeddings: collections.deque = collections.deque(maxlen=1000)
         self.recent_strong: collections.deque[bool] = collections.deque(maxlen=1000)
+        self._strong_in_window = 0  # sum(recent_strong), kept as decisions come and go
         self._thresholds: dict[float, tuple[int, float]] = {}
         self._decisions = 0
         self._rng = random.Random()
@@ -85,9 +86,9 @@ class LiveRouter(Router):
         self.last_retrain: dict[str, Any] | None = None
         self.history: collections.deque[dict] = collections.deque(maxlen=50)
 
-    # -- scoring and thresholds (called from a worker thread and the loop) ----------
+    # -- scoring and thresholds (on the loop: bounded, sub-millisecond) -------------
     def embed(self, messages: list[dict]) -> np.ndarray:
-        return self.embedder.embed([conversation_text(messages)])[0]
+        return self.base.embed(messages)
 
     def score_embedding(self, e: np.ndarray) -> float:
         return float(self.current.scorer.score(e))
@@ -96,7 +97,7 @@ class LiveRouter(Router):
         return self.score_embedding(self.embed(messages))
 
     def embed_and_score(self, messages: list[dict]) -> tuple[np.ndarray, float]:
-        """One worker-thread call per decision: the embedding and its score."""
+        """The embedding (kept for feedback) and its score, in one pass per decision."""
         e = self.embed(messages)
         return e, self.score_embedding(e)
 
@@ -145,7 +146,10 @@ class LiveRouter(Router):
             self.recent_embeddings.append(learning.sparse(e))
 
     def went(self, strong: bool) -> None:
+        if len(self.recent_strong) == self.recent_strong.maxlen:
+            self._strong_in_window -= self.recent_strong[0]
         self.recent_strong.append(strong)
+        self._strong_in_window += strong
         if self.metrics is not None:
             self.metrics.router_actual_fraction.set(self.actual_fraction() or 0.0)
 
@@ -161,7 +165,8 @@ class LiveRouter(Router):
         return self._rng.random() < rate
 
     def actual_fraction(self) -> float | None:
-        return (sum(self.recent_strong) / len(self.recent_strong)) if self.recent_strong else None
+        n = len(self.recent_strong)
+        return self._strong_in_window / n if n else None
 
     # -- learning ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -208,7 +213,7 @@ class LiveRouter(Router):
         own feedback on the same request wins over it)."""
         from routers.label import JUDGE_PROMPT, judge_score
 
-        question = _latest_user_text(messages)
+        question = latest_user_text(messages)
         try:
             result = await client.chat({"model": client.name, "temperature": 0, "max_tokens": 4,
                                         "messages": [{"role": "user", "content": JUDGE_PROMPT.format(
@@ -312,12 +317,6 @@ class LiveRouter(Router):
                              "retraining": bool(self._retraining and not self._retraining.done()),
                              "last_retrain": self.last_retrain,
                              "history": list(self.history)}}
-
-
-def _latest_user_text(messages: list[dict]) -> str:
-    from routers.rules import RouteContext
-
-    return RouteContext({"messages": messages}).latest_user_text()
 
 
 def _meta_apgr(path: str) -> float | None:

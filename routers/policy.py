@@ -103,8 +103,9 @@ class Policy:
 
     async def route(self, requested: str, body: dict[str, Any],
                     ctx: RouteContext | None = None, dry_run: bool = False) -> Decision:
-        """``decide``, plus rules and routers; scoring runs in a worker thread (it embeds).
-        A dry run decides without counting towards the traffic the router tracks."""
+        """``decide``, plus rules and routers. The live router scores inline; other
+        routers in a worker thread. A dry run decides without counting towards the
+        traffic the router tracks."""
         ctx = ctx or RouteContext(body)
         policy = requested == POLICY_NAME
         if policy:
@@ -116,10 +117,9 @@ class Policy:
             return self.decide(requested, body)
         kind, threshold, source = plan
         router = self.routers[kind]
-        if not policy and self.weak_context and self.strong:
-            too_long = self._context_rule(ctx)
-            if too_long is not None:
-                return too_long
+        too_long = None if policy else self._context_rule(ctx)  # `tandem` checked it above
+        if too_long is not None:
+            return too_long
         if policy and isinstance(router, LiveRouter):
             threshold, source = router.threshold(ctx.key_cloud_fraction)
             if ctx.key_cloud_fraction is not None:
@@ -149,6 +149,9 @@ class Policy:
                         features=features)
 
     def _context_rule(self, ctx: RouteContext) -> Decision | None:
+        """A conversation longer than the weak model's context goes to the strong one."""
+        if not (self.weak_context and self.strong):
+            return None
         tokens = ctx.prompt_tokens()
         if tokens > self.weak_context:
             return Decision(self.chain_from(self.strong),
@@ -168,9 +171,7 @@ class Policy:
         if rule is not None:
             return Decision(self.chain_from(rule.use), f"rule '{rule.name}' -> '{rule.use}'",
                             f"rule:{rule.name}", routed=True)
-        if self.weak_context and self.strong:
-            return self._context_rule(ctx)
-        return None
+        return self._context_rule(ctx)
 
     def chain_from(self, model: str) -> tuple[str, ...]:
         """``model`` followed by the fallback models after it in the configured chain."""

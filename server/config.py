@@ -35,6 +35,10 @@ class LlamaCppModelConfig(_Strict):
     seed: int = 0
     chat_template: str | None = Field(None, description="Jinja template overriding the GGUF's")
     max_queue: int = Field(256, ge=1, description="requests allowed to wait; more get 429")
+    lora: str | None = Field(
+        None, description="LoRA adapter (.gguf, e.g. from `tandem expert train`) applied to "
+        "this model; models naming the same GGUF share one copy of its weights")
+    lora_scale: float = Field(1.0, ge=-10, le=10, description="strength of the adapter")
 
 
 class OpenAIModelConfig(_Strict):

@@ -79,12 +79,13 @@ class Sequence:
 
 class BatchEngine:
     def __init__(self, llm, n_ctx: int, parallel: int, n_batch: int, n_threads: int,
-                 name: str) -> None:
+                 name: str, lora=None) -> None:
         self.llm = llm
         self.n_vocab = llm.n_vocab()
         self.n_batch = n_batch
         self.parallel = parallel
-        self.ctx, self.batch = new_parallel_context(llm, n_ctx, parallel, n_batch, n_threads)
+        self.ctx, self.batch = new_parallel_context(llm, n_ctx, parallel, n_batch, n_threads,
+                                                    lora=lora)
         self._queue: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
         self._free_ids = list(range(parallel))

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from clients.base import (
@@ -25,21 +26,18 @@ from clients.base import (
 )
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp.batch_engine import BatchEngine, Sequence
-from clients.llama_cpp import completion
+from clients.llama_cpp import completion, weights
 from clients.llama_cpp.decoding import SamplingParams, grammar_for, sampling_from_body, seeded
+from clients.llama_cpp.weights import Lora
 from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
-
-# llama-cpp-python silences a load by pointing file descriptors 1 and 2 at /dev/null and
-# back; two loads in parallel threads can restore each other's /dev/null and leave the
-# process without stdout/stderr (logs gone). Loads take turns.
-_LOAD_LOCK = threading.Lock()
-
 
 class _Loaded:
     """What exists once the model file is loaded (built in the worker thread)."""
 
-    def __init__(self, llm, engine: BatchEngine, formatter, tools_ok: bool) -> None:
+    def __init__(self, llm, engine: BatchEngine, formatter, tools_ok: bool,
+                 lora: Lora | None) -> None:
         self.llm = llm
+        self.lora = lora  # applied to this client's contexts only (the weights are shared)
         self.engine = engine
         self.formatter = formatter
         self.tools_ok = tools_ok
@@ -64,19 +62,27 @@ class LlamaCppClient(ChatClient):
 
     # -- lifecycle ---------------------------------------------------------------------
     def _load(self) -> None:
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         from clients.model_store import resolve
 
         cfg = self.config
         self.model_path = str(resolve(cfg.model))
         threads = cfg.n_threads or os.cpu_count() or 1
-        # The Llama object provides weights, vocabulary and metadata; decoding runs in
-        # the batch engine's own multi-sequence context, so this one stays tiny.
-        with _LOAD_LOCK:
-            llm = Llama(model_path=self.model_path, n_ctx=64, n_batch=64, n_threads=threads,
-                        seed=cfg.seed, verbose=False)
+        # The Llama object provides weights, vocabulary and metadata, shared by every
+        # configured model on the same file; decoding runs in the batch engine's own
+        # multi-sequence context, which carries this model's adapter, if any.
+        llm = weights.acquire(self.model_path, threads, cfg.seed)
+        try:
+            lora = (weights.adapter(llm, str(Path(cfg.lora).expanduser()), cfg.lora_scale)
+                    if cfg.lora else None)
+            self._model = self._finish_load(llm, lora, threads)
+        except BaseException:
+            weights.release(llm)
+            raise
+
+    def _finish_load(self, llm, lora: Lora | None, threads: int) -> _Loaded:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        cfg = self.config
         template = cfg.chat_template or llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise RuntimeError(f"{self.model_path} has no chat template; set chat_template")
@@ -86,8 +92,9 @@ class LlamaCppClient(ChatClient):
             eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
             bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
         )
-        engine = BatchEngine(llm, cfg.n_ctx, cfg.parallel, cfg.n_batch, threads, self.name)
-        self._model = _Loaded(llm, engine, formatter, template_supports_tools(template))
+        engine = BatchEngine(llm, cfg.n_ctx, cfg.parallel, cfg.n_batch, threads, self.name,
+                             lora=lora)
+        return _Loaded(llm, engine, formatter, template_supports_tools(template), lora)
 
     async def start(self) -> None:
         self._load_task = asyncio.create_task(self._load_in_thread())
@@ -112,6 +119,8 @@ class LlamaCppClient(ChatClient):
             await self._scorer.aclose()
         if self._model is not None:
             await asyncio.to_thread(self._model.engine.close)
+            weights.release(self._model.llm)
+            self._model = None
 
     async def readiness(self) -> Readiness:
         if self._model is not None:
@@ -146,7 +155,8 @@ class LlamaCppClient(ChatClient):
                 m = await self._loaded()
                 threads = self.config.n_threads or os.cpu_count() or 1
                 self._scorer = await asyncio.to_thread(
-                    LlamaScorer, self.name, m.llm, n_ctx, n_seq, self.config.n_batch, threads)
+                    LlamaScorer, self.name, m.llm, n_ctx, n_seq, self.config.n_batch, threads,
+                    m.lora)
             return self._scorer
 
     def tokenize_text(self, text: str) -> list[int]:

@@ -121,7 +121,7 @@ def plan(client: "LlamaCppClient", body: dict) -> _Plan:
                 "completion.", code="context_length_exceeded", param="prompt")
     k = _k(body.get("logprobs"), n_vocab)
     params = sampling_from_body(
-        body, wanted, logprobs=k is not None,
+        body, wanted, logprobs=k is not None, report_stop_token=True,
         score_token=None if k is None else (lambda token, row: score_row(row, token, k)))
     echo = bool(body.get("echo"))
     return _Plan(prompts, body.get("n") or 1, echo, k,

@@ -36,6 +36,9 @@ class SamplingParams:
     # With ``logprobs``: (token, logits row) -> the record a delta carries; None gives
     # the chat format. /v1/completions passes its own (ids and ranks, legacy format).
     score_token: Callable[[int, np.ndarray], Any] | None = None
+    # /v1/completions reports the end-of-generation token's logprob and counts it, as
+    # vLLM does: a scorer asking "what comes next?" must get an answer when it is the end.
+    report_stop_token: bool = False
 
 
 def seeded(params: SamplingParams, index: int, n: int) -> SamplingParams:
@@ -182,6 +185,10 @@ class TextAssembler:
         """Feed one sampled token; returns (delta to emit or None, finish reason or None)."""
         llm, p = self.llm, self.params
         if is_end_of_generation(llm, token):
+            if p.report_stop_token and p.logprobs and logits is not None:
+                self.completion_tokens += 1
+                self.pending_lp.append(p.score_token(token, logits) if p.score_token is not None
+                                       else _logprob_entry(llm, token, logits, p.top_logprobs))
             return self._tail(), "stop"
         self.completion_tokens += 1
         if p.logprobs and logits is not None:

@@ -24,11 +24,14 @@ def logits_row(ctx, index: int, n_vocab: int) -> np.ndarray:
 
 
 def new_parallel_context(llm: llama_cpp.Llama, n_ctx_per_seq: int, n_seq: int, n_batch: int,
-                         n_threads: int, flash_attn: bool | None = None):
+                         n_threads: int, flash_attn: bool | None = None, lora=None):
     """A second llama.cpp context on ``llm``'s weights holding ``n_seq`` sequences, each with
     its own ``n_ctx_per_seq`` window (non-unified KV cache), for batched decoding.
     ``flash_attn`` None lets llama.cpp choose; False matches ``Llama()``'s default numerics
-    (flash attention on the CPU accumulates in f16: logits move by ~1e-2)."""
+    (flash attention on the CPU accumulates in f16: logits move by ~1e-2). ``lora`` (a
+    ``weights.Lora``) is applied to this context only."""
+    from clients.llama_cpp.weights import apply_adapter
+
     from llama_cpp import _internals
 
     params = llama_cpp.llama_context_default_params()
@@ -44,6 +47,8 @@ def new_parallel_context(llm: llama_cpp.Llama, n_ctx_per_seq: int, n_seq: int, n
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+    if lora is not None:
+        apply_adapter(ctx, lora)
     batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=n_seq, verbose=False)
     return ctx, batch
 

@@ -66,7 +66,7 @@ class LlamaScorer(TokenScorer):
     full_vocabulary = True
 
     def __init__(self, name: str, llm, n_ctx: int, n_seq: int, n_batch: int,
-                 n_threads: int) -> None:
+                 n_threads: int, lora=None) -> None:
         super().__init__(name)
         self.llm = llm
         self._n_vocab = llm.n_vocab()
@@ -75,7 +75,7 @@ class LlamaScorer(TokenScorer):
         # Exact numerics (no flash attention): proxy-tuning adds three models' scores and
         # its tests compare them with plain llama-cpp-python.
         self.ctx, self.batch = new_parallel_context(llm, n_ctx, n_seq, n_batch, n_threads,
-                                                    flash_attn=False)
+                                                    flash_attn=False, lora=lora)
         self.free_slots: asyncio.Queue[int] = asyncio.Queue()
         for i in range(n_seq):
             self.free_slots.put_nowait(i)

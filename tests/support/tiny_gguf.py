@@ -163,6 +163,7 @@ def write_tiny_gguf(
     pad_logit_scale: float = 1.0,
     suppress_non_text: bool = True,
     dtype: str = "f32",
+    deltas: dict[str, np.ndarray] | None = None,
 ) -> TinyModel:
     """Write a tiny llama GGUF to ``path`` and describe it.
 
@@ -173,7 +174,9 @@ def write_tiny_gguf(
     ``<|im_start|>`` rows get logits far below the rest, so greedy text is made of whole
     pieces (valid UTF-8, the same as text or as ids); ``</s>`` and ``<|im_end|>`` stay
     ordinary, so generations can end on their own. ``dtype`` is "f32" or "f16" for the
-    matrices (norms stay f32, as llama.cpp wants).
+    matrices (norms stay f32, as llama.cpp wants). ``deltas`` maps tensor names
+    (``blk.0.attn_q.weight``) to arrays added to those weights after they are drawn: the
+    same model with a LoRA adapter merged in.
     """
     import gguf  # test dependency, imported on use
 
@@ -252,15 +255,22 @@ def write_tiny_gguf(
         out[:, 0] = 0
         out[list(suppressed), 0] = -_SUPPRESS * logit_std
 
+    deltas = deltas or {}
+
+    def weight(name: str, value: np.ndarray) -> np.ndarray:
+        if name not in deltas:
+            return value
+        return (value.astype(np.float32) + deltas[name]).astype(value.dtype)
+
     writer.add_tensor("token_embd.weight", embd)
     for i, w in enumerate(layers):
         p = f"blk.{i}."
         writer.add_tensor(p + "attn_norm.weight", ones)
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(p + name + ".weight", w[name])
+            writer.add_tensor(p + name + ".weight", weight(p + name + ".weight", w[name]))
         writer.add_tensor(p + "ffn_norm.weight", ones)
         for name in ("ffn_gate", "ffn_up", "ffn_down"):
-            writer.add_tensor(p + name + ".weight", w[name])
+            writer.add_tensor(p + name + ".weight", weight(p + name + ".weight", w[name]))
     writer.add_tensor("output_norm.weight", ones)
     writer.add_tensor("output.weight", out.astype(wtype))
 

@@ -1,4 +1,5 @@
-"""The ``tandem`` command line: serve, serve-stack, config check, models pull/list."""
+"""The ``tandem`` command line: serve, serve-stack, config check, models, router, expert,
+keys."""
 
 from __future__ import annotations
 
@@ -133,6 +134,29 @@ def _keys_new(args: argparse.Namespace) -> int:
     print(f"# give this key to '{args.name}' (it is not stored anywhere):\n#   {key}")
     print("# add this entry under auth.keys in the config:")
     print(f"- {{name: {args.name}, key_sha256: {hash_key(key)}}}")
+    return 0
+
+
+def _expert_train(args: argparse.Namespace) -> int:
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        print("tandem: expert train needs torch, transformers and peft: "
+              "pip install 'tandem[expert]'", file=sys.stderr)
+        return 2
+    from clients.proxy_tuning.expert.train import TrainOptions, proxy_yaml, train
+
+    opts = TrainOptions(data=args.data, model=args.model, out=args.out,
+                        max_steps=args.max_steps, epochs=args.epochs, rank=args.rank,
+                        alpha=args.alpha, lr=args.lr, batch_size=args.batch_size,
+                        n_ctx=args.n_ctx, seed=args.seed, save_every=args.save_every,
+                        device=args.device)
+    report = train(opts)
+    print(f"trained {report.steps} steps on {report.examples} examples in "
+          f"{report.seconds:.0f} s ({report.tokens_per_s:.0f} tokens/s, {report.device}); "
+          f"adapter: {report.adapter}", file=sys.stderr)
+    print(proxy_yaml(opts, report.adapter))
     return 0
 
 
@@ -271,6 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "routing.router.cloud_fraction then follows them")
     for p in (pr, lb, tr, ev, ca):
         p.set_defaults(func=_router)
+
+    expert = sub.add_parser("expert", help="make a proxy-tuning expert")
+    esub = expert.add_subparsers(dest="expert_command", required=True)
+    et = esub.add_parser("train", help="LoRA fine-tuning of a small model on chat examples")
+    et.add_argument("--data", required=True, help='JSONL, one {"messages": [...]} per line')
+    et.add_argument("--model", required=True,
+                    help="catalog name, .gguf path or Hugging Face directory")
+    et.add_argument("--out", required=True, help="directory for the adapter and checkpoint")
+    et.add_argument("--max-steps", type=int, default=None, help="stop after N steps")
+    et.add_argument("--epochs", type=float, default=1.0)
+    et.add_argument("--rank", type=int, default=8)
+    et.add_argument("--alpha", type=float, default=None, help="LoRA alpha (2 * rank)")
+    et.add_argument("--lr", type=float, default=1e-3)
+    et.add_argument("--batch-size", type=int, default=4)
+    et.add_argument("--n-ctx", type=int, default=2048, help="longest example, in tokens")
+    et.add_argument("--seed", type=int, default=0)
+    et.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
+    et.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    et.set_defaults(func=_expert_train)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

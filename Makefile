@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
 	  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
 	  $(BIN)/python -m pip wheel --no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_CPP_VERSION)
-	$(BIN)/python -m pip install -q --find-links $(WHEELHOUSE) -e '.[test]'
+	$(BIN)/python -m pip install -q --find-links $(WHEELHOUSE) -e '.[test,expert]'
 	touch $(STAMP)
 
 models: venv

@@ -24,15 +24,16 @@ from typing import Any, AsyncIterator
 from clients.base import Capabilities, ChatBody, ChatClient, Readiness, register_backend
 from clients.errors import ContextLengthExceeded, InvalidRequest, UpstreamError
 from clients.llama_cpp.client import LlamaCppClient
-from clients.llama_cpp.decoding import SamplingParams, TextAssembler
+from clients.llama_cpp.decoding import SamplingParams, TextAssembler, grammar_for
 from clients.llama_cpp.scorer import LlamaScorer
 from clients.openai_client import OpenAIClient
+from clients.proxy_tuning.constraint import GrammarConstraint
 from clients.proxy_tuning.decoder import DecodeStats, Parts, Prompts, ProxyDecoder, Sampling
 from clients.proxy_tuning.vocab import check_vocabularies
 from clients.remote_scorer import RemoteScorer
 
 log = logging.getLogger("tandem.proxy_tuning")
-UNSUPPORTED = ("tools", "response_format", "logprobs", "logit_bias")
+UNSUPPORTED = ("tools", "logit_bias")
 
 
 @dataclass
@@ -43,7 +44,7 @@ class _Built:
 
 @register_backend("proxy_tuning")
 class ProxyTuningClient(ChatClient):
-    capabilities = Capabilities(tools=False, json_schema=False, logprobs=False, local=False)
+    capabilities = Capabilities(tools=False, json_schema=True, logprobs=True, local=False)
     composite = True
 
     def __init__(self, name: str, config) -> None:
@@ -64,7 +65,7 @@ class ProxyTuningClient(ChatClient):
         self._clients = {role: clients[getattr(cfg, role)]
                          for role in ("base", "expert", "anti_expert")}
         base_local = isinstance(self._clients["base"], LlamaCppClient)
-        self.capabilities = Capabilities(tools=False, json_schema=False, logprobs=False,
+        self.capabilities = Capabilities(tools=False, json_schema=True, logprobs=True,
                                          local=base_local)
 
     @property
@@ -162,8 +163,7 @@ class ProxyTuningClient(ChatClient):
 
     def _check(self, body: ChatBody) -> None:
         for key in UNSUPPORTED:
-            value = body.get(key)
-            if value and not (key == "response_format" and value.get("type") == "text"):
+            if body.get(key):
                 raise InvalidRequest(f"model '{self.name}' (proxy-tuned) does not support "
                                      f"'{key}'", param=key)
         if (body.get("n") or 1) != 1:
@@ -171,8 +171,14 @@ class ProxyTuningClient(ChatClient):
                                  "n must be 1", param="n")
 
     # -- generation ------------------------------------------------------------------------
+    def _constraint(self, llm, body: ChatBody) -> GrammarConstraint | None:
+        """The response_format grammar over the fused distribution (worker thread)."""
+        grammar = grammar_for(body.get("response_format"))
+        return None if grammar is None else GrammarConstraint(llm, grammar)
+
     async def _events(self, body: ChatBody) -> AsyncIterator[tuple]:
-        """("delta", text) ..., then ("finish", reason, prompt_tokens, completion_tokens)."""
+        """("delta", text, logprob entries) ..., then ("finish", reason, prompt_tokens,
+        completion_tokens). Logprobs are the fused distribution's (temperature 1)."""
         self._check(body)
         built = await self._parts()
         prompts = await asyncio.to_thread(self._prompts, body)
@@ -189,36 +195,50 @@ class ProxyTuningClient(ChatClient):
                             top_p=body.get("top_p") if body.get("top_p") is not None else 1.0,
                             seed=body.get("seed"), max_tokens=max_tokens)
         stop = body.get("stop") or []
+        want_lp = bool(body.get("logprobs"))
         text = TextAssembler(built.llm, SamplingParams(
-            max_tokens=max_tokens, stop=[stop] if isinstance(stop, str) else list(stop)))
+            max_tokens=max_tokens, stop=[stop] if isinstance(stop, str) else list(stop),
+            logprobs=want_lp, top_logprobs=body.get("top_logprobs") or 0))
         parts = Parts(**{**built.parts.__dict__, "stats": DecodeStats()})
         reason = "length"
+        rows: list = [None]
+
+        def on_step(token: int, row) -> None:
+            rows[0] = row
+
         async with self._turns:
-            tokens = ProxyDecoder(parts).generate(prompts, sampling)
+            constraint = await asyncio.to_thread(self._constraint, built.llm, body)
+            tokens = ProxyDecoder(parts).generate(prompts, sampling, constraint,
+                                                  on_step if want_lp else None)
             try:
                 async for token in tokens:
-                    delta, finish = text.push(token, None)
-                    if delta is not None and delta.text:
-                        yield ("delta", delta.text)
+                    delta, finish = text.push(token, rows[0])
+                    if delta is not None and (delta.text or delta.logprobs):
+                        yield ("delta", delta.text, delta.logprobs)
                     if finish is not None:
                         reason = finish
                         break
             finally:
                 await tokens.aclose()
                 self.stats.add(parts.stats)
+                if constraint is not None:
+                    constraint.close()
         yield ("finish", reason, len(prompts.base), text.completion_tokens)
 
     async def chat(self, body: ChatBody) -> dict:
         pieces: list[str] = []
+        entries: list[dict] = []
         async for event in self._events(body):
             if event[0] == "delta":
                 pieces.append(event[1])
+                entries.extend(event[2])
             else:
                 _, reason, prompt, completion = event
+        logprobs = {"content": entries} if body.get("logprobs") else None
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": self.name,
-            "choices": [{"index": 0, "finish_reason": reason, "logprobs": None,
+            "choices": [{"index": 0, "finish_reason": reason, "logprobs": logprobs,
                          "message": {"role": "assistant", "content": "".join(pieces)}}],
             "usage": _usage(prompt, completion),
         }
@@ -237,7 +257,8 @@ class ProxyTuningClient(ChatClient):
         event = first
         while True:
             if event[0] == "delta":
-                yield chunk([{"index": 0, "delta": {"content": event[1]}, "logprobs": None,
+                lp = {"content": event[2]} if body.get("logprobs") else None
+                yield chunk([{"index": 0, "delta": {"content": event[1]}, "logprobs": lp,
                               "finish_reason": None}])
             else:
                 _, reason, prompt, completion = event

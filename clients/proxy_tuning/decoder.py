@@ -18,7 +18,7 @@ Two schedules, the same tokens under greedy decoding:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import numpy as np
 
@@ -105,10 +105,20 @@ class _LocalPair:
 class ProxyDecoder:
     def __init__(self, parts: Parts) -> None:
         self.p = parts
+        self._constraint = None
+        self._on_step: Callable[[int, np.ndarray], None] | None = None
 
-    async def generate(self, prompts: Prompts, sampling: Sampling) -> AsyncIterator[int]:
-        """Token ids of the proxy-tuned continuation (the caller stops when it has enough)."""
+    async def generate(self, prompts: Prompts, sampling: Sampling, constraint=None,
+                       on_step: Callable[[int, np.ndarray], None] | None = None
+                       ) -> AsyncIterator[int]:
+        """Token ids of the proxy-tuned continuation (the caller stops when it has enough).
+
+        ``constraint`` (a GrammarConstraint) masks the fused distribution at every step;
+        ``on_step(token, fused log-probabilities)`` is told each token's distribution
+        (for logprobs). Either runs the lockstep schedule: a speculative draft would have
+        to rewind the grammar and has no fused row for the tokens it accepts."""
         p = self.p
+        self._constraint, self._on_step = constraint, on_step
         sessions: list[ScoringSession] = []
         try:
             for scorer in (p.base, p.expert, p.anti):
@@ -116,7 +126,8 @@ class ProxyDecoder:
             base, pair = sessions[0], _LocalPair(p, sessions[1], sessions[2])
             pair.prompt_len = (len(prompts.expert), len(prompts.anti))
             rng = np.random.default_rng(sampling.seed)
-            run = self._speculative if p.schedule == "speculative" else self._lockstep
+            run = (self._speculative if p.schedule == "speculative" and constraint is None
+                   and on_step is None else self._lockstep)
             async for token in run(base, pair, prompts, sampling, rng):
                 yield token
         finally:
@@ -124,21 +135,43 @@ class ProxyDecoder:
                 await s.close()
 
     # -- choosing a token ---------------------------------------------------------------
+    async def _step(self, base: ScoringSession, b: NextTokenScores, e: np.ndarray,
+                    a: np.ndarray, sampling: Sampling, rng) -> int:
+        """One fused choice, under the constraint if there is one, reported to on_step."""
+        c, n = self._constraint, self.p.base.n_vocab
+        if c is None:
+            token = await self._choose(base, b, e, a, sampling, rng)
+        elif sampling.greedy:
+            token = await self._choose(base, b, e, a, sampling, rng)
+            if not c.allows(token):  # the unconstrained best is allowed: it is the best
+                token = await self._choose(base, b, e, a, sampling, rng, c.mask(n))
+        else:
+            allowed = c.mask(n)
+            if not b.full and not allowed[b.top_ids[b.top_ids < n]].any():
+                b = await self._rescore_full(base, len(base.tokens))
+            token = await self._choose(base, b, e, a, sampling, rng, allowed)
+        if c is not None:
+            c.accept(token)
+        if self._on_step is not None:
+            self._on_step(token, fusion.log_distribution(b, e, a, self.p.alpha, n))
+        return token
+
     async def _choose(self, base: ScoringSession, b: NextTokenScores, e: np.ndarray,
-                      a: np.ndarray, sampling: Sampling, rng) -> int:
+                      a: np.ndarray, sampling: Sampling, rng,
+                      allowed: np.ndarray | None = None) -> int:
         p = self.p
         if not sampling.greedy:
             ids, probs = fusion.distribution(b, e, a, p.alpha, p.base.n_vocab,
-                                             sampling.temperature, sampling.top_p)
+                                             sampling.temperature, sampling.top_p, allowed)
             return int(rng.choice(ids, p=probs))
-        choice = fusion.greedy(b, e, a, p.alpha, p.base.n_vocab)
+        choice = fusion.greedy(b, e, a, p.alpha, p.base.n_vocab, allowed)
         if choice.certified:
             return choice.token
         p.stats.uncertified += 1
-        if p.on_uncertified == "approximate":
+        if p.on_uncertified == "approximate" and allowed is None:
             return choice.token
         full = await self._rescore_full(base, len(base.tokens))
-        return fusion.greedy(full, e, a, p.alpha, p.base.n_vocab).token
+        return fusion.greedy(full, e, a, p.alpha, p.base.n_vocab, allowed).token
 
     async def _rescore_full(self, base: ScoringSession, n_tokens: int) -> NextTokenScores:
         """The base's whole-vocabulary scores after its first ``n_tokens`` tokens."""
@@ -155,7 +188,7 @@ class ProxyDecoder:
             e, a = await pair.extend(feed_e, feed_a)
             p.stats.base_calls += 1
             b = (await base.extend(feed_b))[0]
-            token = await self._choose(base, b, e[0], a[0], sampling, rng)
+            token = await self._step(base, b, e[0], a[0], sampling, rng)
             p.stats.tokens += 1
             yield token
             feed_b = feed_e = feed_a = [token]

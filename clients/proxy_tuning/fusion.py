@@ -25,9 +25,15 @@ class Choice:
     certified: bool  # False: a token outside the base's top-k might score higher
 
 
-def steer(expert: np.ndarray, anti: np.ndarray, alpha: float, n: int) -> np.ndarray:
-    """``alpha * (expert - anti)`` on the first ``n`` tokens."""
-    return alpha * (expert[:n] - anti[:n])
+def steer(expert: np.ndarray, anti: np.ndarray, alpha: float, n: int,
+          allowed: np.ndarray | None = None) -> np.ndarray:
+    """``alpha * (expert - anti)`` on the first ``n`` tokens; -inf where ``allowed`` (a
+    constraint's mask) is False, which masks the fused scores exactly, and makes the
+    certificate's bound range over allowed tokens only."""
+    delta = alpha * (expert[:n] - anti[:n])
+    if allowed is not None:
+        delta = np.where(allowed[:n], delta, -np.inf)
+    return delta
 
 
 def shared_size(base: NextTokenScores, expert: np.ndarray, anti: np.ndarray,
@@ -55,10 +61,11 @@ def _candidates(base: NextTokenScores, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def greedy(base: NextTokenScores, expert: np.ndarray, anti: np.ndarray, alpha: float,
-           base_vocab: int) -> Choice:
-    """The fused argmax; certified unless only a top-k is known and the bound fails."""
+           base_vocab: int, allowed: np.ndarray | None = None) -> Choice:
+    """The fused argmax (over ``allowed`` tokens); certified unless only a top-k is known
+    and the bound fails, or no allowed token is among the top-k."""
     n = shared_size(base, expert, anti, base_vocab)
-    delta = steer(expert, anti, alpha, n)
+    delta = steer(expert, anti, alpha, n, allowed)
     if base.logprobs is not None:
         return Choice(int(np.argmax(base.logprobs[:n] + delta)), True)
     ids, lps = _candidates(base, n)
@@ -69,23 +76,41 @@ def greedy(base: NextTokenScores, expert: np.ndarray, anti: np.ndarray, alpha: f
     outside = delta.copy()
     outside[ids] = -np.inf
     bound = base.floor + float(outside.max())
-    return Choice(int(ids[best]), bool(bound < fused[best]))
+    return Choice(int(ids[best]), bool(np.isfinite(fused[best]) and bound < fused[best]))
+
+
+def fused_scores(base: NextTokenScores, expert: np.ndarray, anti: np.ndarray, alpha: float,
+                 base_vocab: int, allowed: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, unnormalised fused scores): the whole shared vocabulary, or with only
+    a top-k base the base's top-k (the reference's approximation for API models)."""
+    n = shared_size(base, expert, anti, base_vocab)
+    delta = steer(expert, anti, alpha, n, allowed)
+    if base.logprobs is not None:
+        return np.arange(n), base.logprobs[:n] + delta
+    ids, lps = _candidates(base, n)
+    return ids, lps + delta[ids]
+
+
+def log_distribution(base: NextTokenScores, expert: np.ndarray, anti: np.ndarray,
+                     alpha: float, base_vocab: int) -> np.ndarray:
+    """The fused log-probabilities (temperature 1, no constraint) as a row of length
+    ``base_vocab``: -inf outside the support (a top-k base's candidates)."""
+    ids, scores = fused_scores(base, expert, anti, alpha, base_vocab)
+    m = float(scores.max())
+    norm = m + float(np.log(np.exp(scores - m, dtype=np.float64).sum()))
+    row = np.full(base_vocab, -np.inf, dtype=np.float32)
+    row[ids] = scores - norm
+    return row
 
 
 def distribution(base: NextTokenScores, expert: np.ndarray, anti: np.ndarray, alpha: float,
-                 base_vocab: int, temperature: float, top_p: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 base_vocab: int, temperature: float, top_p: float,
+                 allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, probabilities) of the fused distribution after temperature and top-p.
     With only a top-k base this is the distribution restricted to the base's top-k (the
     reference's approximation for API models)."""
-    n = shared_size(base, expert, anti, base_vocab)
-    delta = steer(expert, anti, alpha, n)
-    if base.logprobs is not None:
-        ids = np.arange(n)
-        scores = base.logprobs[:n] + delta
-    else:
-        ids, lps = _candidates(base, n)
-        scores = lps + delta[ids]
+    ids, scores = fused_scores(base, expert, anti, alpha, base_vocab, allowed)
     z = scores / max(temperature, 1e-6)
     p = np.exp(z - z.max())
     p /= p.sum()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from privacy.overlap import ContextIndex
+from privacy.pattern import Pattern
+from privacy.credentials import SECRET_PATTERNS
 from privacy.spans import Span, digits
 
 
@@ -138,28 +140,11 @@ _DATE = (r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}"
          r"|dec)[a-z]*\.?(?:\s+\d{1,2}(?:st|nd|rd|th)?)?,?\s+\d{4})")
 
 
-@dataclass(frozen=True)
-class Pattern:
-    kind: str
-    regex: re.Pattern
-    check: Callable[[str], bool] | None = None
-    group: int = 0  # the capture group that is private (keyword-led patterns)
-    hint: re.Pattern | None = None  # cheap test a text must pass first (most texts fail it)
-
-
 _DIGIT = re.compile(r"\d")
 PATTERNS: tuple[Pattern, ...] = (
+    *SECRET_PATTERNS,  # first: a URL's user:password@host is not an e-mail address
     Pattern("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
             hint=re.compile("@")),
-    Pattern("SECRET", re.compile(
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-        r"|\b(?:sk|pk|rk)-(?:proj-|live-|test-)?[A-Za-z0-9_-]{16,}"
-        r"|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}"
-        r"|\bAIza[0-9A-Za-z_-]{35}\b|\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}"),
-        hint=re.compile(r"PRIVATE KEY|[spr]k-|AKIA|gh[pousr]_|xox|AIza|eyJ")),
-    Pattern("SECRET", re.compile(
-        r"(?i)\b(?:api[_ -]?key|secret|token|password|passwd|pwd)\b[\"']?\s*[:=]\s*[\"']?"
-        r"([^\s\"',;]{6,})"), group=1, hint=re.compile(r"(?i)key|secret|token|pass|pwd")),
     Pattern("CARD", re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _luhn,
             hint=_DIGIT),
     Pattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban, hint=_DIGIT),
@@ -171,7 +156,8 @@ PATTERNS: tuple[Pattern, ...] = (
         r"(?i)\b(?:passport|national id|identity card|id card|ssn|social security|tax id"
         r"|personal id)(?:\s+(?:number|no\.?|#))?\s*(?:is|:)?\s*([A-Z0-9][A-Z0-9-]{5,})"),
         group=1, hint=re.compile(r"(?i)passport|\bid\b|identity|ssn|social|tax|personal")),
-    Pattern("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"
+    # an address may end a sentence ("... at 10.0.0.12."): only ".digit" continues it
+    Pattern("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"
                                      r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}"
                                      r"(?![\w:])|(?<![\w:])[0-9A-Fa-f:]{2,}::[0-9A-Fa-f:]*"),
             _ip, hint=re.compile(r"\d\.\d|:")),
@@ -185,7 +171,8 @@ PATTERNS: tuple[Pattern, ...] = (
 
 @register_detector("pii")
 class PatternDetector(Detector):
-    """E-mail, phone, payment card, IBAN, national id, IP address, secret, date of birth."""
+    """Secrets (privacy/credentials.py), e-mail, phone, payment card, IBAN, national id, IP
+    address, date of birth."""
 
     name = "pii"
 

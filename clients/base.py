@@ -16,6 +16,8 @@ from clients.errors import InvalidRequest
 ChatBody = dict[str, Any]
 # Body key a local backend reads as the beginning of the assistant's answer.
 ASSISTANT_PREFIX = "tandem_assistant_prefix"
+# Tandem's own request fields: read by the gateway, never sent to an upstream.
+GATEWAY_FIELDS = frozenset({ASSISTANT_PREFIX, "private_context", "privacy", "conversation_id"})
 
 
 @dataclass(frozen=True)

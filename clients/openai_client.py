@@ -20,6 +20,7 @@ import orjson
 
 from clients.base import (
     ASSISTANT_PREFIX,
+    GATEWAY_FIELDS,
     Capabilities,
     ChatBody,
     ChatClient,
@@ -128,8 +129,8 @@ class OpenAIClient(ChatClient):
 
     # -- requests ------------------------------------------------------------------------
     def _payload(self, body: ChatBody) -> bytes:
-        if ASSISTANT_PREFIX in body:  # gateway-internal, never sent upstream
-            body = {k: v for k, v in body.items() if k != ASSISTANT_PREFIX}
+        if not GATEWAY_FIELDS.isdisjoint(body):  # gateway-internal, never sent upstream
+            body = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
         return orjson.dumps({**body, "model": self.config.model})
 
     def continuation_body(self, body: ChatBody, partial: str) -> ChatBody | None:

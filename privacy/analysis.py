@@ -72,11 +72,12 @@ class Analyzer:
         for d in self.detectors:
             d.start()
 
-    def analyse(self, body: dict) -> Plan:
-        """Raises ``InvalidRequest`` for malformed marks; detector errors set ``failed``."""
+    def analyse(self, body: dict, memory=None) -> Plan:
+        """Raises ``InvalidRequest`` for malformed marks; detector errors set ``failed``.
+        ``memory`` (privacy.memory.Recalled) is what earlier requests showed private."""
         marks = read_marks(body)
         marked = [t for t in marks.marked_texts(body) if t.strip()]
-        texts = Texts(marked, open_texts(body, marks))
+        texts = Texts(marked, open_texts(body, marks), memory)
         spans: list[Span] = []
         failed = None
         for d in self.detectors:

@@ -28,6 +28,7 @@ class Texts:
 
     marked: list[str]
     open: list[str]
+    memory: object = None  # privacy.memory.Recalled: what earlier requests taught
     _index: ContextIndex | None = field(default=None, repr=False)
 
     @property
@@ -63,7 +64,7 @@ def register_detector(name: str) -> Callable[[DetectorFactory], DetectorFactory]
 
 
 def known_detectors() -> list[str]:
-    from privacy import ner  # noqa: F401  (registers "ner")
+    from privacy import memory, ner  # noqa: F401  (register "remembered" and "ner")
 
     return sorted(DETECTORS)
 

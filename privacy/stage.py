@@ -23,6 +23,7 @@ from privacy.analysis import Analyzer, Plan
 from privacy.audit import AuditStore
 from privacy.detectors import build_detector
 from privacy.guard import EgressBlocked, EgressState, activate
+from privacy.memory import PrivacyMemory
 
 log = logging.getLogger("tandem.privacy")
 INLINE_CHARS = 4000  # smaller bodies are analysed on the event loop (regexes: ~0.1 ms)
@@ -38,11 +39,19 @@ class Prepared:
 class PrivacyStage:
     def __init__(self, config, clients: dict[str, ChatClient],
                  on_block: Callable[[str], None] | None = None,
-                 audit: AuditStore | None = None) -> None:
+                 audit: AuditStore | None = None, store=None) -> None:
         self.config = config
         self.clients = clients
         self.on_block = on_block
-        names = list(dict.fromkeys(["marked", *config.detectors]))
+        self.memory = None
+        extra = []
+        if config.memory.enabled:
+            from server.state import MemoryState
+
+            self.memory = PrivacyMemory(store if store is not None else MemoryState(),
+                                        config.memory.ttl_s, config.memory.scope)
+            extra = ["remembered"]
+        names = list(dict.fromkeys(["marked", *config.detectors, *extra]))  # own kinds first
         self.analyzer = Analyzer([build_detector(n, **config.detector_options.get(n, {}))
                                   for n in names])
         self.audit = audit or AuditStore(config.audit_ttl_s, config.audit_max_requests,
@@ -66,13 +75,20 @@ class PrivacyStage:
                                  f"{', '.join(sorted(MODES))}, not '{mode}'", param="privacy")
         return mode
 
-    async def prepare(self, body: dict, key, request_id: str) -> Prepared:
+    async def prepare(self, body: dict, key, request_id: str, remember: bool = True
+                      ) -> Prepared:
         size = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
         size += len(str(body.get("private_context") or ""))
-        if self._heavy or size > INLINE_CHARS:
-            plan = await asyncio.to_thread(self.analyzer.analyse, body)
+        recalled, scopes = None, []
+        if self.memory is not None:
+            scopes = self.memory.scopes(body, key)
+            recalled = await self.memory.recall(scopes, self.memory.owner(key))
+        if self._heavy or size > INLINE_CHARS or recalled:
+            plan = await asyncio.to_thread(self.analyzer.analyse, body, recalled)
         else:
-            plan = self.analyzer.analyse(body)
+            plan = self.analyzer.analyse(body, recalled)
+        if remember and self.memory is not None and (plan.spans or plan.marked):
+            await self.memory.remember(scopes, plan.spans, plan.marked)
         mode = self.mode_for(plan.marks.mode, key)
         if plan.failed and self.config.egress_on_failure == "local":
             mode = "local_only"

@@ -93,7 +93,9 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
 
     for path, handler, methods in (("/v1/tandem/feedback", tandem_api.feedback, ["POST"]),
                                    ("/v1/tandem/router", tandem_api.router_status, ["GET"]),
-                                   ("/v1/tandem/route", tandem_api.route_dry_run, ["POST"])):
+                                   ("/v1/tandem/route", tandem_api.route_dry_run, ["POST"]),
+                                   ("/v1/tandem/privacy/forget", tandem_api.privacy_forget,
+                                    ["POST"])):
         async def endpoint(request: Request, handler=handler) -> Response:
             return await handler(holder.current, request)
 

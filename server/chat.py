@@ -146,7 +146,8 @@ class ChatService:
             share = await self.gate.admit(key, model, downgrade=downgrade_at is not None)
         prepared = None
         if self.privacy is not None:  # before routing: the mode may rule out remote models
-            prepared = await self.privacy.prepare(body, key, record.request_id)
+            prepared = await self.privacy.prepare(body, key, record.request_id,
+                                                  remember=not dry_run)
         ctx = RouteContext(body, key_name=getattr(key, "name", None),
                            key_cloud_fraction=getattr(key, "cloud_fraction", None),
                            private=bool(prepared is not None and prepared.plan.private),

@@ -167,6 +167,16 @@ class StateConfig(_Strict):
     redis_url: str | None = Field(None, description="share limits and budgets across replicas")
 
 
+class PrivacyMemoryConfig(_Strict):
+    """Sticky privacy (privacy/memory.py): spans once private stay private."""
+
+    enabled: bool = True
+    scope: Literal["key", "conversation"] = Field(
+        "key", description="key: every later request of the API key; conversation: the "
+        "same conversation_id, user, or first user message")
+    ttl_s: float = Field(86_400.0, gt=0, description="how long a request's spans are kept")
+
+
 class PrivacyConfig(_Strict):
     """Private context stays on the device (privacy/, clients/private.py)."""
 
@@ -184,6 +194,7 @@ class PrivacyConfig(_Strict):
     audit_ttl_s: float = Field(3600.0, gt=0)
     audit_max_requests: int = Field(10_000, ge=1)
     audit_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    memory: PrivacyMemoryConfig = Field(default_factory=PrivacyMemoryConfig)
 
     @model_validator(mode="after")
     def _known(self) -> "PrivacyConfig":

@@ -47,7 +47,10 @@ class Runtime:
                        for name, m in config.models.items() if m.backend == "openai"}
         self.keys = {k.key_sha256: k for k in config.auth.keys}
         self.privacy = PrivacyStage(config.privacy, self.clients, self._count_block,
-                                    previous.privacy.audit if previous else None)
+                                    previous.privacy.audit if previous else None,
+                                    store or (previous.privacy.memory.store
+                                              if previous and previous.privacy.memory
+                                              else None))
         self.service = ChatService(self.policy, self.clients, metrics, Gatekeeper(store),
                                    self.prices, self.privacy)
         self.created = int(time.time())

@@ -57,6 +57,42 @@ def _window(window_s: int) -> tuple[int, float]:
     return start, start + window_s - now
 
 
+class MemoryState(StateStore):
+    """In-process state for one gateway (sticky privacy when no store is configured):
+    nothing is shared, nothing survives a restart."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, tuple[float, float]] = {}
+        self._blobs: dict[str, tuple[bytes, float]] = {}
+        self._lists: dict[str, list[bytes]] = {}
+
+    async def add_window(self, key: str, amount: float, window_s: int) -> tuple[float, float]:
+        start, left = _window(window_s)
+        total, at = self._counters.get(key, (0.0, start))
+        total = (total if at == start else 0.0) + amount
+        self._counters[key] = (total, start)
+        return total, left
+
+    async def add_total(self, key: str, amount: float) -> float:
+        total = self._counters.get(key, (0.0, 0.0))[0] + amount
+        self._counters[key] = (total, 0.0)
+        return total
+
+    async def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._blobs[key] = (value, time.time() + ttl_s)
+
+    async def get(self, key: str) -> bytes | None:
+        value, expires = self._blobs.get(key, (None, 0.0))
+        return value if value is not None and expires > time.time() else None
+
+    async def append(self, key: str, value: bytes) -> int:
+        self._lists.setdefault(key, []).append(value)
+        return len(self._lists[key])
+
+    async def read(self, key: str, start: int = 0) -> list[bytes]:
+        return list(self._lists.get(key, [])[start:])
+
+
 class SQLiteState(StateStore):
     """One file, one writer thread (sqlite3 connections are not shared across threads)."""
 

@@ -77,6 +77,26 @@ async def feedback(runtime, request: Request) -> Response:
                   "score": fb.score, "accepted": True, **out})
 
 
+async def privacy_forget(runtime, request: Request) -> Response:
+    """POST /v1/tandem/privacy/forget [{"conversation_id"}]: drop what sticky privacy
+    remembers for the calling key (all of it, or one conversation's)."""
+    body = await _body(request) if await request.body() else {}
+    if not isinstance(body, dict) or set(body) - {"conversation_id"}:
+        raise InvalidRequest("The body may hold only 'conversation_id' (a string).")
+    cid = body.get("conversation_id")
+    if cid is not None and (not isinstance(cid, str) or not cid):
+        raise InvalidRequest("'conversation_id' must be a non-empty string",
+                             param="conversation_id")
+    memory = runtime.privacy.memory
+    if memory is None:
+        raise InvalidRequest("Sticky privacy is off (privacy.memory.enabled: false)",
+                             code="memory_disabled")
+    owner = memory.owner(_key(request))
+    await memory.forget(owner, cid)
+    return _json({"object": "tandem.privacy.forget", "forgotten": True,
+                  "scope": "conversation" if cid else "key"})
+
+
 async def router_status(runtime, request: Request) -> Response:
     """GET /v1/tandem/router: labels, checkpoint version, held-out APGR, threshold,
     actual against target cloud fraction."""

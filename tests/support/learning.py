@@ -67,6 +67,22 @@ RULES = [
 ]
 
 
+def start_learning_gateway(name: str, local_model_path, cloud_url: str, workdir,
+                           learning: dict | None = None, rules: list | None = None):
+    """A gateway routing `tandem` with a fresh classifier checkpoint in workdir/name
+    (the server carries ``checkpoint``, the file it started from)."""
+    from tests.support.servers import start_gateway
+
+    tmp = workdir / name
+    tmp.mkdir()
+    ckpt = tmp / "classifier.npz"
+    write_checkpoint(ckpt)
+    gw = start_gateway(learning_config(local_model_path, cloud_url, ckpt, tmp, learning,
+                                       rules=rules), tmp, name=name)
+    gw.checkpoint = ckpt
+    return gw
+
+
 def sdk(gw, key: str = "sk-alice") -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0, timeout=120)
 

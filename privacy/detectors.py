@@ -2,8 +2,8 @@
 
 A detector reads the request's texts (the caller-marked private ones and the ordinary
 ones) and returns private spans. ``marked`` and ``overlap`` read the caller's marks;
-``pii`` finds structured personal data with checked patterns (cards pass Luhn, IBANs
-pass mod-97, IPs parse); ``ner`` (privacy/ner.py) finds names, places and
+``pii`` finds structured personal data with checked patterns (credentials.py,
+banking.py, national_ids.py; IPs parse); ``ner`` (privacy/ner.py) finds names, places and
 organisations with a local spaCy pipeline. A detector that raises makes the whole
 request's detection fail, and a failed detection never lets a byte out (guard.py).
 """
@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from privacy.overlap import ContextIndex
-from privacy.pattern import Pattern
+from privacy.pattern import Pattern, shorter
 from privacy.credentials import SECRET_PATTERNS
+from privacy.banking import BANKING_PATTERNS
+from privacy.national_ids import NATIONAL_ID_PATTERNS
 from privacy.spans import Span, digits
 
 
@@ -105,22 +107,6 @@ class OverlapDetector(Detector):
 
 # -- structured personal data -----------------------------------------------------------
 
-def _luhn(number: str) -> bool:
-    d = [int(c) for c in digits(number)]
-    if not 13 <= len(d) <= 19:
-        return False
-    total = sum(d[-1::-2]) + sum(sum(divmod(2 * x, 10)) for x in d[-2::-2])
-    return total % 10 == 0
-
-
-def _iban(text: str) -> bool:
-    s = re.sub(r"\s+", "", text).upper()
-    if not 15 <= len(s) <= 34:
-        return False
-    moved = s[4:] + s[:4]
-    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
-
-
 def _ip(text: str) -> bool:
     try:
         ip = ipaddress.ip_address(text)
@@ -129,11 +115,40 @@ def _ip(text: str) -> bool:
     return not (ip.is_loopback or ip.is_unspecified)
 
 
+def _ip6(text: str) -> bool:
+    # a leading "::" with one group ("a[::2]") is a slice in code, not an address
+    if text.startswith("::") and text.count(":") < 3 and "." not in text:
+        return False
+    return _ip(text)
+
+
+def _one_colon_less(text: str) -> str:
+    """``2001:db8::1:`` before a word: the last colon is punctuation (``::`` is not)."""
+    return text[:-1] if text.endswith(":") and not text.endswith("::") else text
+
+
+def _own_parens(text: str) -> str:
+    """``(0044 20 …`` opened by the sentence, not the number: the bracket is not in it."""
+    return text[1:] if text.startswith("(") and ")" not in text else text
+
+
 def _phone(text: str) -> bool:
     n = len(digits(text))
     # A separator or a leading + says "phone number", not an arbitrary long integer.
     return 9 <= n <= 15 and (text.lstrip().startswith("+") or bool(re.search(r"\d[\s.()-]+\d",
                                                                               text)))
+
+
+def _phone_parts(text: str) -> list[str]:
+    """Where an international number may sit inside a refused match, longest first: runs
+    that start with ``+`` or ``(``, or with ``00`` at the start or after one short number
+    (``room 42 0044 20 7946 0958``). Other runs are not tried: any 12 digits in groups
+    look like a phone, and ``3704 0044 0532`` is the inside of a longer grouped number."""
+    cuts = [0] + [i + 1 for i, ch in enumerate(text) if ch.isspace()]
+    ends = [len(text)] + [i for i, ch in enumerate(text) if ch.isspace()]
+    parts = {text[a:b].strip() for a in cuts for b in ends if b > a
+             if text[a] in "+(" or (text.startswith("00", a) and len(text[:a].strip()) <= 3)}
+    return sorted(parts, key=len, reverse=True)
 
 
 _DATE = (r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}"
@@ -146,27 +161,20 @@ PATTERNS: tuple[Pattern, ...] = (
     *SECRET_PATTERNS,  # first: a URL's user:password@host is not an e-mail address
     Pattern("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
             hint=re.compile("@")),
-    Pattern("CARD", re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _luhn,
-            hint=_DIGIT),
-    Pattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban, hint=_DIGIT),
-    Pattern("NATIONAL_ID", re.compile(
-        r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"  # US SSN
-        r"|\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),  # UK NINO
-        hint=_DIGIT),
-    Pattern("NATIONAL_ID", re.compile(
-        r"(?i)\b(?:passport|national id|identity card|id card|ssn|social security|tax id"
-        r"|personal id)(?:\s+(?:number|no\.?|#))?\s*(?:is|:)?\s*([A-Z0-9][A-Z0-9-]{5,})"),
-        group=1, hint=re.compile(r"(?i)passport|\bid\b|identity|ssn|social|tax|personal")),
+    *NATIONAL_ID_PATTERNS,  # before cards: a grouped id may pass Luhn too
+    *BANKING_PATTERNS,  # an IBAN before a card: its digits may pass Luhn
     # an address may end a sentence ("... at 10.0.0.12."): only ".digit" continues it
-    Pattern("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"
-                                     r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}"
-                                     r"(?![\w:])|(?<![\w:])[0-9A-Fa-f:]{2,}::[0-9A-Fa-f:]*"),
-            _ip, hint=re.compile(r"\d\.\d|:")),
+    Pattern("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)"), _ip,
+            hint=re.compile(r"\d\.\d")),
+    # any run of hex digits and colons (and a trailing dotted quad), checked by ipaddress
+    Pattern("IP_ADDRESS", re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}|:)[0-9A-Fa-f:]*:"
+                                     r"[0-9A-Fa-f:]*(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?!\w)"),
+            _ip6, hint=re.compile(r"[0-9A-Fa-f]:|::"), trim=_one_colon_less),
     Pattern("DATE_OF_BIRTH", re.compile(
         r"(?i)\b(?:born|birth\s?day|date of birth|d\.?o\.?b\.?)\W{0,3}(?:on|is|was|:)?\s*("
         + _DATE + ")"), group=1, hint=_DIGIT),
-    Pattern("PHONE", re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{7,19}\d(?![\w])"), _phone,
-            hint=_DIGIT),
+    Pattern("PHONE", re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{7,28}\d(?![\w])"), _phone,
+            hint=_DIGIT, trim=_own_parens, parts=_phone_parts),
 )
 
 
@@ -185,15 +193,34 @@ class PatternDetector(Detector):
         for text in (*texts.marked, *texts.open):
             taken: list[tuple[int, int]] = []  # earlier patterns win overlapping matches
             for p in self.patterns:
-                if p.hint is not None and not p.hint.search(text):
-                    continue
-                for m in p.regex.finditer(text):
-                    a, b = m.span(p.group)
-                    value = m.group(p.group).strip()
-                    if not value or any(a < y and x < b for x, y in taken):
-                        continue
-                    if p.check is not None and not p.check(value):
-                        continue
-                    taken.append((a, b))
-                    spans.append(Span(value, p.kind, self.name))
+                if p.hint is None or p.hint.search(text):
+                    spans += [Span(value, p.kind, self.name)
+                              for value in _matches(p, text, taken)]
         return spans
+
+
+def _matches(p: Pattern, text: str, taken: list[tuple[int, int]]):
+    """Values of ``p`` in ``text`` that no earlier pattern took. A greedy regex must not
+    hide a valid value behind an invalid one: a match its check refuses is cut into its
+    pattern's ``parts`` (default: before each space, from the right)."""
+    pos = 0
+    while (m := p.regex.search(text, pos)) is not None:
+        a, b = m.span(p.group)
+        value = m.group(p.group).strip()
+        if p.trim is not None:  # a trim keeps a substring: move the span
+            trimmed = p.trim(value)
+            a += m.group(p.group).find(trimmed)
+            value, b = trimmed, a + len(trimmed)
+        if not value or any(a < y and x < b for x, y in taken):
+            pos = m.end() if m.end() > m.start() else m.start() + 1
+            continue
+        if p.check is not None and not p.check(value):
+            fit = next((v for v in (p.parts or shorter)(value) if p.check(v)), None)
+            if fit is None:
+                pos = m.end()
+                continue
+            a += value.find(fit)
+            value, b = fit, a + len(fit)
+        taken.append((a, b))
+        yield value
+        pos = max(m.end(), m.start() + 1)

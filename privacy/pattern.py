@@ -14,3 +14,13 @@ class Pattern:
     check: Callable[[str], bool] | None = None
     group: int = 0  # the capture group that is private (keyword-led patterns)
     hint: re.Pattern | None = None  # cheap test a text must pass first (most texts fail it)
+    trim: Callable[[str], str] | None = None  # drops what a greedy match took too much of
+    parts: Callable[[str], list[str]] | None = None  # where to look inside a refused match
+    # (default: ``shorter``)
+
+
+def shorter(value: str) -> list[str]:
+    """``value`` cut before each space, longest first (``DE89 3704 … 00 42``: a greedy
+    match took the word after it)."""
+    return [value[:i].rstrip() for i in range(len(value) - 1, 0, -1)
+            if value[i].isspace() and not value[i - 1].isspace()]

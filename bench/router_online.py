@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--mix", default="", help="task types replayed (default: picked)")
     ap.add_argument("--mix-types", type=int, default=3)
     ap.add_argument("--kind", default="classifier")
-    ap.add_argument("--embedder", default="hashing-1024")
+    ap.add_argument("--embedder", default="hashing-4096")
     ap.add_argument("--cloud-fraction", type=float, default=0.3)
     ap.add_argument("--explore", type=float, default=0.1)
     ap.add_argument("--concurrency", type=int, default=4)

@@ -66,7 +66,7 @@ def register_detector(name: str) -> Callable[[DetectorFactory], DetectorFactory]
 
 
 def known_detectors() -> list[str]:
-    from privacy import memory, ner  # noqa: F401  (register "remembered" and "ner")
+    from privacy import memory, names, ner  # noqa: F401  (register the optional ones)
 
     return sorted(DETECTORS)
 

@@ -183,8 +183,10 @@ class PrivacyConfig(_Strict):
     mode: str = Field("local_only", description="what a request with private spans does: "
                       "local_only, sketch or redact (per key: auth.keys[].privacy_mode; "
                       "per request: the body field 'privacy')")
-    detectors: list[str] = Field(default_factory=lambda: ["marked", "overlap", "pii"],
-                                 description="marked, overlap, pii, ner")
+    detectors: list[str] = Field(
+        default_factory=lambda: ["marked", "overlap", "pii", "names"],
+        description="marked, overlap, pii (structured data and secrets), names (people, "
+                    "organisations, places by capitalisation), ner (spaCy, opt-in)")
     detector_options: dict[str, dict] = Field(default_factory=dict)
     egress_on_failure: Literal["block", "local"] = Field(
         "block", description="when detection fails or the guard blocks: refuse (403) or "

@@ -1,6 +1,7 @@
 """Private context never leaves: a real gateway whose remote model is a recording upstream
 (a real loopback server that stores every byte, forwarding to llama_cpp.server), random
-canaries in every mode, streaming and not, with tools and multi-turn history."""
+canaries in every mode, streaming and not, with tools and multi-turn history, and the
+paths nobody marks: names in free text and a password inside code."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ CANARY = {
     "word": "qu" + _word(12),  # a long lowercase word, no digits
     "mail": f"{_word(8)}@{_word(6)}.example",
     "phone": f"+44 20 {secrets.randbelow(9000) + 1000} {secrets.randbelow(9000) + 1000}",
+    # nobody marks these: the default `names` and credential rules must find them
+    "first": f"Ve{_word(6)}",  # each word is a canary: half a name must not leak either
+    "last": f"Ko{_word(7)}",
+    "company": f"No{_word(7)}",
+    "town": f"Qu{_word(6)}",
+    "dbpass": f"pw{secrets.token_hex(6)}",
 }
 NAME = CANARY["name"].capitalize()
 CONTEXT = (f"My neighbour is {NAME}. My locker code is {CANARY['code']}. My favourite "
@@ -55,6 +62,16 @@ def scenarios() -> dict[str, dict]:
         "unmarked_pii": {"messages": [{"role": "user", "content":
                                        f"Draft a reply to {CANARY['mail']}; they can call "
                                        f"{CANARY['phone']}."}]},
+        "names_free_text": {"messages": [{"role": "user", "content":
+                                          f"write to my colleague {CANARY['first']} "
+                                          f"{CANARY['last']} at {CANARY['company']} "
+                                          "Traders about the offsite in "
+                                          f"{CANARY['town']}"}]},
+        "credential_in_code": {"messages": [{"role": "user", "content":
+                                             "Why does this fail to connect?\n```python\n"
+                                             "engine = create_engine(\"postgresql://app:"
+                                             f"{CANARY['dbpass']}@db.internal:5432/prod\")\n"
+                                             "```"}]},
     }
 
 
@@ -139,7 +156,7 @@ def test_each_mode_answers_without_sending_canaries(mode, sdk, recording):
 
 
 def test_no_canary_in_any_byte_log_or_audit(private_gateway, recording):
-    assert len(ANSWERED) == 12
+    assert len(ANSWERED) == 3 * len(scenarios())
     assert len(recording.chat_bodies()) >= 8  # the remote model was really used
     assert _leaks(recording.all_bytes()) == []
     log = private_gateway.log.read_text()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import string
+import time
 
 import httpx
 import openai
@@ -43,7 +44,8 @@ def recording(cloud_server):
     upstream.stop()
 
 
-def _gateway(local_model_path, recording, tmp, name: str, memory: bool):
+def _gateway(local_model_path, recording, tmp, name: str, memory: bool,
+             state: dict | None = None, ttl_s: float = 86_400.0):
     import hashlib
 
     config = {
@@ -55,9 +57,12 @@ def _gateway(local_model_path, recording, tmp, name: str, memory: bool):
         "routing": {"default": "cloud"},
         "auth": {"keys": [{"name": "app", "key_sha256":
                            hashlib.sha256(KEY.encode()).hexdigest()}]},
-        "state": {"sqlite_path": str(tmp / f"{name}.sqlite")},
+        "state": state or {"sqlite_path": str(tmp / f"{name}.sqlite")},
+        # without `names`: the capitalised name would make turn 2 private by itself, and
+        # this is about what memory alone does
         "privacy": {"mode": "sketch", "sketch_max_tokens": 16,
-                    "memory": {"enabled": memory}},
+                    "detectors": ["marked", "overlap", "pii"],
+                    "memory": {"enabled": memory, "ttl_s": ttl_s}},
     }
     server = start_gateway(config, tmp, name=name, ready_path="/health")
     _wait_local_loaded(server.url)
@@ -90,15 +95,22 @@ def _leaked(recording, since: int) -> list[str]:
     return [v for v in VALUES if v.lower() in sent]
 
 
-def _turns(server, recording) -> list[str]:
-    client = _sdk(server)
-    client.chat.completions.create(model="tandem", messages=TURN1, max_tokens=8,
-                                   temperature=0, extra_body={"private_context": CONTEXT})
+def _turn1(server) -> None:
+    _sdk(server).chat.completions.create(model="tandem", messages=TURN1, max_tokens=8,
+                                         temperature=0, extra_body={"private_context": CONTEXT})
+
+
+def _turn2(server, recording) -> list[str]:
     before = len(recording.received)
-    client.chat.completions.create(model="tandem", messages=TURN2, max_tokens=8,
-                                   temperature=0)
+    _sdk(server).chat.completions.create(model="tandem", messages=TURN2, max_tokens=8,
+                                         temperature=0)
     assert len(recording.received) > before  # turn 2 was allowed out (sketch)
     return _leaked(recording, before)
+
+
+def _turns(server, recording) -> list[str]:
+    _turn1(server)
+    return _turn2(server, recording)
 
 
 def test_turn_two_without_declaration_sends_nothing_private(gateways, recording):
@@ -129,3 +141,33 @@ def test_forget_makes_the_values_ordinary_again(gateways, recording):
     bad = httpx.post(server.url + "/v1/tandem/privacy/forget", json={"conversation_id": 5},
                      headers={"authorization": f"Bearer {KEY}"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "conversation_id"
+
+
+def test_two_replicas_share_the_memory_through_redis(local_model_path, recording,
+                                                     tmp_path_factory):
+    """Turn 1 on one replica, turn 2 on the other: the second knows what the first saw."""
+    from tests.support.redis_server import redis_server
+
+    tmp = tmp_path_factory.mktemp("memory-redis")
+    with redis_server() as url:
+        a = _gateway(local_model_path, recording, tmp, "replica-a", True, {"redis_url": url})
+        b = _gateway(local_model_path, recording, tmp, "replica-b", True, {"redis_url": url})
+        try:
+            _turn1(a)
+            assert _turn2(b, recording) == []
+        finally:
+            a.stop()
+            b.stop()
+
+
+def test_memory_expires_with_its_ttl(local_model_path, recording, tmp_path_factory):
+    """Within ttl_s turn 2 is protected; after it, the values are ordinary again."""
+    tmp = tmp_path_factory.mktemp("memory-ttl")
+    server = _gateway(local_model_path, recording, tmp, "memory-ttl", True, ttl_s=3.0)
+    try:
+        _turn1(server)
+        assert _turn2(server, recording) == []
+        time.sleep(3.5)
+        assert CODE in _turn2(server, recording)
+    finally:
+        server.stop()

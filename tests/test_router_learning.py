@@ -5,8 +5,6 @@ a failed retrain, the judge, and labels shared through Redis."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 
 import httpx
@@ -17,7 +15,8 @@ from routers.learning import held_out
 from tests.support.learning import (ask, chat_body, learning_config, post, route, router_status,
                                     start_learning_gateway, write_checkpoint)
 from tests.support.prompts import EASY, HARD
-from tests.support.servers import free_port, start_gateway
+from tests.support.redis_server import redis_server
+from tests.support.servers import start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -233,35 +232,31 @@ def test_learning_off_feedback_is_a_clear_400(gateway):
 
 
 def test_two_replicas_share_labels_through_redis(local_model_path, cloud_server, workdir):
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (make test installs Debian's redis-server)"
     tmp = workdir / "replicas"
     tmp.mkdir()
     write_checkpoint(tmp / "c.npz")
-    port = free_port()
-    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
     gateways = []
-    try:
-        config = learning_config(local_model_path, cloud_server.url + "/v1", tmp / "c.npz", tmp,
-                         {"retrain_every": 4, "poll_s": 0.5},
-                         state={"redis_url": f"redis://127.0.0.1:{port}/0"})
-        gateways = [start_gateway(config, tmp, name=f"learner{i}") for i in range(2)]
-        a, b = gateways
-        ids = [ask(a, t)[0]["x-request-id"] for t in (EASY[0], HARD[0])]
-        ids += [ask(b, t)[0]["x-request-id"] for t in (EASY[1], HARD[1])]
-        for rid in ids[:2]:  # served by a, rated through b
-            assert post(b, "/v1/tandem/feedback", {"request_id": rid, "score": 1}).status_code == 200
-        for rid in ids[2:]:  # served by b, rated through a
-            assert post(a, "/v1/tandem/feedback", {"request_id": rid, "score": 1}).status_code == 200
-        assert router_status(a)["labels"] == router_status(b)["labels"] == 4
-        for gw in gateways:  # both retrain on the shared labels (b's poller finds them too)
-            assert _wait_retrain(gw, 4)["learning"]["trained_on_labels"] == 4
-    finally:
-        for gw in gateways:
-            gw.stop()
-        redis.terminate()
-        redis.wait(10)
+    with redis_server() as url:
+        try:
+            config = learning_config(local_model_path, cloud_server.url + "/v1", tmp / "c.npz",
+                                     tmp, {"retrain_every": 4, "poll_s": 0.5},
+                                     state={"redis_url": url})
+            gateways = [start_gateway(config, tmp, name=f"learner{i}") for i in range(2)]
+            a, b = gateways
+            ids = [ask(a, t)[0]["x-request-id"] for t in (EASY[0], HARD[0])]
+            ids += [ask(b, t)[0]["x-request-id"] for t in (EASY[1], HARD[1])]
+            for rid in ids[:2]:  # served by a, rated through b
+                assert post(b, "/v1/tandem/feedback", {"request_id": rid, "score": 1}
+                            ).status_code == 200
+            for rid in ids[2:]:  # served by b, rated through a
+                assert post(a, "/v1/tandem/feedback", {"request_id": rid, "score": 1}
+                            ).status_code == 200
+            assert router_status(a)["labels"] == router_status(b)["labels"] == 4
+            for gw in gateways:  # both retrain on the shared labels (b's poller finds them)
+                assert _wait_retrain(gw, 4)["learning"]["trained_on_labels"] == 4
+        finally:
+            for gw in gateways:
+                gw.stop()
 
 
 def test_a_judge_model_labels_answers_nobody_rated(local_model_path, cloud_server, workdir):

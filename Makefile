@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CLOUD_PORT ?= 8001
 
-.PHONY: serve test venv models sysdeps bench clean router-labels
+.PHONY: serve test venv models sysdeps bench clean router-labels deploy-test
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ sysdeps:
 
 test: venv sysdeps
 	$(BIN)/python -m pytest -q -ra
+
+# The compose `cpu` stack built and run here (Docker Engine installed and started if
+# needed, images from a local Debian base): deploy/test-stack.sh, docs/DEPLOYMENT.md.
+deploy-test: venv
+	deploy/test-stack.sh
 
 # LiteLLM (the overhead anchor) lives in its own venv, for the benchmark only.
 BENCH_VENV ?= .bench-venv

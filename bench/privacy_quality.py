@@ -1,19 +1,26 @@
-"""Answer quality and leaks of the privacy modes on personalised tasks (CoGenesis-style).
+"""Answer quality and leaks of the privacy modes on personalised tasks (CoGenesis-style),
+scored by automatic checks only.
 
-Tasks: bench/data/privacy_tasks.jsonl (32: a private profile, an instruction, the facts
-a good answer uses, a format check). Setups, each answering every task:
+Tasks: bench/data/privacy_tasks.jsonl (32: four private profiles × eight requests; each
+task lists the profile facts a good answer uses and a format check). Setups, each
+answering every task:
 
-- ``upper``: the stand-in cloud given the full private context (upper bound; only ever
-  against the local stand-in cloud, called directly, never through the gateway);
-- ``cloud_blind``: the stand-in cloud without the context;
-- ``local``, ``sketch``, ``redact``: through the gateway with that privacy mode.
+- ``cloud_with_context``: the stand-in cloud given the whole profile in the user's
+  message (what no private deployment may do; called directly, never through the
+  gateway);
+- ``cloud_without_context``: the stand-in cloud given the request alone;
+- ``local_only``, ``sketch``, ``redact``: through the gateway with that privacy mode.
+
+Score per answer = mean of *facts used* (share of the task's facts in the answer, case-
+folded) and *format* (the task's check: word limit, list items). No model judges: the
+1.5B stand-in gave the same grade whatever the answer. Reported per setup and per
+request template, as absolute scores (not as a share of an upper bound: the stand-in
+cloud with the context is weaker than the 0.5B local model at using it, so a ratio to it
+says little). A leak is a task whose recorded cloud-bound bytes contain any of its
+private values.
 
 The stand-in cloud is a Tandem serving Qwen2.5-Coder-1.5B; the gateway's local model is
-Qwen2.5-Coder-0.5B; between the gateway and the cloud sits the recording upstream, and a
-leak is a task whose recorded bytes contain any of its private values. Score per answer
-= mean of (facts used, format check, judge score / 10), the judge being the stand-in cloud
-shown the context, the instruction and the answer. Ratios are each setup's mean score
-over ``upper``'s.
+Qwen2.5-Coder-0.5B; between the gateway and the cloud sits the recording upstream.
 
     .venv/bin/python bench/privacy_quality.py [--limit 32] [--max-tokens 96]
 """
@@ -38,12 +45,6 @@ from tests.support.recording_upstream import RecordingUpstream
 from tests.support.servers import ServerProcess, free_port, start_gateway
 
 TASKS = ROOT / "bench" / "data" / "privacy_tasks.jsonl"
-JUDGE = ("You grade an assistant's answer. The user's private profile: {context}\n"
-         "The user's request: {instruction}\nThe answer: {answer}\n\nDoes the answer fulfil "
-         "the request and correctly use the relevant facts of the profile? Reply with one "
-         "integer from 1 (useless) to 10 (excellent) and nothing else.")
-
-
 def format_ok(answer: str, check: dict) -> float:
     words = len(answer.split())
     if "max_words" in check and not 0 < words <= check["max_words"]:
@@ -57,13 +58,6 @@ def format_ok(answer: str, check: dict) -> float:
 def facts_used(answer: str, facts: list[str]) -> float:
     low = answer.lower()
     return sum(f.lower() in low for f in facts) / len(facts)
-
-
-def judge(cloud: openai.OpenAI, model: str, task: dict, answer: str) -> float:
-    r = cloud.chat.completions.create(model=model, temperature=0, max_tokens=4, messages=[
-        {"role": "user", "content": JUDGE.format(answer=answer or "(empty)", **task)}])
-    m = re.search(r"\d+", r.choices[0].message.content or "")
-    return min(10, max(1, int(m.group()))) / 10 if m else 0.1
 
 
 class Stopped(Exception):
@@ -107,26 +101,25 @@ def main() -> None:
     cloud_sdk = openai.OpenAI(base_url=cloud.url + "/v1", api_key="x", timeout=900)
     gw_sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", timeout=900)
     cloud_model = "qwen2.5-coder-1.5b-instruct"
-    setups = ("upper", "cloud_blind", "local", "sketch", "redact")
-    scores: dict[str, list[tuple[float, float, float]]] = {s: [] for s in setups}
+    setups = ("cloud_with_context", "cloud_without_context", "local_only", "sketch", "redact")
+    scores: dict[str, list[tuple[float, float]]] = {s: [] for s in setups}
     leaks = errors = 0
     seconds: dict[str, float] = {s: 0.0 for s in setups}
 
     def ask(setup: str, task: dict, user: dict, max_tokens: int) -> tuple[str, int]:
         common = dict(temperature=0, max_tokens=max_tokens)
         leaked = 0
-        if setup == "upper":
+        if setup == "cloud_with_context":
             r = cloud_sdk.chat.completions.create(model=cloud_model, messages=[
-                {"role": "system", "content": "About the user: " + task["context"]}, user],
-                **common)
-        elif setup == "cloud_blind":
+                {"role": "user", "content": f"About me: {task['context']}\n\n"
+                                            f"{user['content']}"}], **common)
+        elif setup == "cloud_without_context":
             r = cloud_sdk.chat.completions.create(model=cloud_model, messages=[user], **common)
         else:
             before = len(recording.received)
             r = gw_sdk.chat.completions.create(
                 model="tandem", messages=[user], **common,
-                extra_body={"private_context": task["context"],
-                            "privacy": "local_only" if setup == "local" else setup})
+                extra_body={"private_context": task["context"], "privacy": setup})
             sent = b"\n".join(recording.received[before:]).decode("utf-8", "replace").lower()
             leaked = int(any(v.lower() in sent for v in task["private"]))
         return r.choices[0].message.content or "", leaked
@@ -143,15 +136,14 @@ def main() -> None:
                 except openai.APIError as err:  # counted, not hidden: the score is 0
                     print(f"{task['id']} {setup}: {type(err).__name__}: {err}", flush=True)
                     errors += 1
-                    scores[setup].append((0.0, 0.0, 0.0))
+                    scores[setup].append((0.0, 0.0))
                     continue
                 leaks += leaked
                 seconds[setup] += time.perf_counter() - t0
                 scores[setup].append((facts_used(answer, task["facts"]),
-                                      format_ok(answer, task["check"]),
-                                      judge(cloud_sdk, cloud_model, task, answer)))
+                                      format_ok(answer, task["check"])))
             print(f"{task['id']} ({time.perf_counter() - started:.0f} s): " + ", ".join(
-                f"{s}={sum(scores[s][-1]) / 3:.2f}" for s in setups), flush=True)
+                f"{s}={sum(scores[s][-1]) / 2:.2f}" for s in setups), flush=True)
     except (Stopped, KeyboardInterrupt):
         print(f"stopped: summarising the {done} finished tasks", flush=True)
         scores = {s: v[:done] for s, v in scores.items()}
@@ -160,20 +152,36 @@ def main() -> None:
         gw.stop()
         recording.stop()
         cloud.stop()
-    mean = {s: sum(sum(x) / 3 for x in v) / len(v) for s, v in scores.items()}
-    rows = [[s, len(v), sum(x[0] for x in v) / len(v), sum(x[1] for x in v) / len(v),
-             sum(x[2] for x in v) / len(v), mean[s], mean[s] / mean["upper"],
-             seconds[s] / len(v)] for s, v in scores.items()]
-    print(f"\n{len(tasks)} tasks, max_tokens {args.max_tokens}; {machine()}")
-    print_table(["setup", "n", "facts", "format", "judge", "score", "ratio", "s/task"], rows)
-    print(f"leaks (tasks whose private values reached the cloud): {leaks}; errors: {errors}")
-    emit_json({"tasks": len(tasks), "leaks": leaks, "errors": errors,
-               "upper_score": round(mean["upper"], 4),
-               "sketch_ratio": round(mean["sketch"] / mean["upper"], 4),
-               "redact_ratio": round(mean["redact"] / mean["upper"], 4),
-               "local_ratio": round(mean["local"] / mean["upper"], 4),
-               "cloud_blind_ratio": round(mean["cloud_blind"] / mean["upper"], 4)})
+    report(tasks, scores, seconds, leaks, errors, args.max_tokens)
 
+
+def report(tasks: list[dict], scores: dict[str, list[tuple[float, float]]],
+           seconds: dict[str, float], leaks: int, errors: int, max_tokens: int) -> None:
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    score = {s: mean([(f + c) / 2 for f, c in v]) for s, v in scores.items()}
+    rows = [[s, len(v), round(mean([x[0] for x in v]), 3), round(mean([x[1] for x in v]), 3),
+             round(score[s], 3), round(seconds[s] / max(1, len(v)), 1)]
+            for s, v in scores.items()]
+    print(f"\n{len(tasks)} tasks, max_tokens {max_tokens}; {machine()}")
+    print_table(["setup", "n", "facts used", "format ok", "score", "s/task"], rows)
+    templates = sorted({t["id"].split("-")[0] for t in tasks})
+    per = []
+    for tpl in templates:
+        idx = [i for i, t in enumerate(tasks) if t["id"].split("-")[0] == tpl]
+        label = next(t["instruction"] for t in tasks if t["id"].startswith(tpl + "-"))[:48]
+        per.append([tpl, label] + [round(mean([sum(scores[s][i]) / 2 for i in idx]), 2)
+                                   for s in scores])
+    print()
+    print_table(["task", "request", *scores], per)
+    print(f"leaks (tasks whose private values reached the cloud): {leaks}; errors: {errors}")
+    emit_json({"bench": "privacy_quality", "tasks": len(tasks), "leaks": leaks,
+               "errors": errors, "scores": {s: round(v, 4) for s, v in score.items()},
+               "facts_used": {s: round(mean([x[0] for x in v]), 4) for s, v in scores.items()},
+               "sketch_minus_local_only": round(score["sketch"] - score["local_only"], 4),
+               "sketch_minus_cloud_without_context": round(
+                   score["sketch"] - score["cloud_without_context"], 4)})
 
 if __name__ == "__main__":
     main()

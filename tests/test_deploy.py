@@ -82,7 +82,7 @@ def test_mounted_configs_exist_and_are_valid_tandem_configs(compose):
                 else config_mount.split(":")[0]
             config = load_config(Path(source))  # raises with the key path if invalid
             # The model cache volume is where the image keeps models.
-            cache = re.search(r"ENV TANDEM_CACHE=(\S+)", DOCKERFILE).group(1)
+            cache = re.search(r"TANDEM_CACHE=(\S+)", DOCKERFILE).group(1)
             assert cache in mounts
             for model in config.models.values():
                 if model.backend == "openai":

@@ -1,0 +1,163 @@
+"""The compose `cpu` stack for real (run by `make deploy-test`, not by `make test`: it
+needs a Docker Engine and the images deploy/test-stack.sh builds).
+
+Everything goes through ports published on 127.0.0.1: the official openai SDK against
+the gateway (local, cloud, `tandem`, a private-context request), Prometheus's API (its
+target, the gateway, is scraped), a restart that finds the models in the volume, and
+a `stop` that drains a request in flight and exits cleanly. Timings are written to
+$TANDEM_DEPLOY_RECORD (JSON) for docs/DEPLOYMENT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+PROJECT = os.environ.get("TANDEM_DEPLOY_PROJECT", "tandem-deploy-test")
+PORT = int(os.environ.get("TANDEM_PORT", "8000"))
+URL = f"http://127.0.0.1:{PORT}"
+RECORD: dict = {}
+
+
+def compose(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    files = ["-f", str(DEPLOY / "docker-compose.yml"), "-f",
+             str(DEPLOY / "docker-compose.local.yml")]
+    return subprocess.run(["docker-compose", "-p", PROJECT, *files, "--profile", "cpu",
+                           *args], cwd=DEPLOY, check=check, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def container(service: str) -> str:
+    return compose("ps", "-q", service).stdout.strip()
+
+
+def wait_ready(timeout_s: float) -> float:
+    """Seconds until the gateway's /ready answers 200 (its models loaded)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            if httpx.get(URL + "/ready", timeout=3).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    logs = subprocess.run(["docker", "logs", "--tail", "50", container("tandem-cpu")],
+                          capture_output=True, text=True).stderr
+    raise AssertionError(f"gateway not ready after {timeout_s} s:\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    compose("down", "-v", check=False)
+    started = time.monotonic()
+    compose("up", "-d", "--no-build")
+    RECORD["cold_start_to_ready_s"] = round(wait_ready(1800) + 0, 1)
+    RECORD["cold_start_includes"] = "both models downloaded from PyPI into the volume"
+    yield
+    compose("down", "-v", check=False)
+    RECORD["total_s"] = round(time.monotonic() - started, 1)
+    out = os.environ.get("TANDEM_DEPLOY_RECORD")
+    if out:
+        Path(out).write_text(json.dumps(RECORD, indent=2) + "\n")
+
+
+def sdk() -> openai.OpenAI:
+    return openai.OpenAI(base_url=URL + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+
+def test_the_sdk_gets_answers_from_every_route(stack):
+    client = sdk()
+    ids = {m.id for m in client.models.list().data}
+    assert {"local", "cloud", "tandem"} <= ids, ids
+    for model in ("local", "cloud", "tandem"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": "Say hello in one word."}])
+        reply = raw.parse()
+        assert reply.choices[0].message.content, model
+        assert raw.headers["x-tandem-route"] in ("local", "cloud"), raw.headers
+        if model != "tandem":
+            assert raw.headers["x-tandem-route"] == model
+    stream = client.chat.completions.create(model="cloud", max_tokens=8, stream=True,
+                                            messages=[{"role": "user", "content": "Count: 1 2"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_private_context_is_answered_locally(stack):
+    raw = sdk().chat.completions.with_raw_response.create(
+        model="cloud", max_tokens=8, temperature=0,
+        messages=[{"role": "user", "content": "Write one line to my neighbour."}],
+        extra_body={"private_context": "My neighbour is Vesna Korlat, vesna.k@example.org."})
+    assert raw.headers["x-tandem-privacy"] == "local_only"
+    assert raw.headers["x-tandem-route"] == "local"
+    assert raw.parse().choices[0].message.content
+
+
+def test_prometheus_scrapes_the_gateway(stack):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            targets = httpx.get("http://127.0.0.1:9090/api/v1/targets", timeout=5).json()
+            up = [t for t in targets["data"]["activeTargets"]
+                  if t["labels"].get("instance") == "tandem-cpu:8000" and t["health"] == "up"]
+            if up:
+                break
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(2)
+    else:
+        raise AssertionError("Prometheus never scraped tandem-cpu:8000")
+    q = httpx.get("http://127.0.0.1:9090/api/v1/query",
+                  params={"query": 'up{instance="tandem-cpu:8000"}'}, timeout=5).json()
+    assert q["data"]["result"][0]["value"][1] == "1"
+
+
+def test_a_restart_takes_the_models_from_the_volume(stack):
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    compose("restart", "tandem-cpu")
+    RECORD["warm_start_to_ready_s"] = round(wait_ready(600), 1)
+    logs = subprocess.run(["docker", "logs", "--since", since, container("tandem-cpu")],
+                          capture_output=True, text=True)
+    text = logs.stdout + logs.stderr
+    assert "Application startup complete" in text  # the restarted process's log
+    assert "tandem: fetching" not in text  # no second download
+    assert sdk().chat.completions.create(model="local", max_tokens=4, messages=[
+        {"role": "user", "content": "hi"}]).choices[0].message.content is not None
+
+
+def test_stop_drains_a_request_in_flight_and_exits_cleanly(stack):
+    result: dict = {}
+
+    def ask() -> None:
+        try:
+            r = sdk().chat.completions.create(
+                model="local", max_tokens=48, temperature=0,
+                messages=[{"role": "user", "content": "List ten fruits, one per line."}])
+            result["finish"] = r.choices[0].finish_reason
+        except Exception as err:  # noqa: BLE001 - reported below
+            result["error"] = repr(err)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    time.sleep(1.0)  # the request is being decoded
+    cid = container("tandem-cpu")
+    compose("stop", "-t", "60", "tandem-cpu")
+    thread.join(120)
+    assert result.get("finish") in ("stop", "length"), result
+    state = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True,
+                                      text=True, check=True).stdout)[0]["State"]
+    assert state["ExitCode"] == 0, state
+    assert not state["OOMKilled"]
+    logs = subprocess.run(["docker", "logs", "--tail", "30", cid], capture_output=True,
+                          text=True)
+    assert "Application shutdown complete" in logs.stdout + logs.stderr

@@ -11,14 +11,19 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/build
 WORKDIR /src
+# llama-cpp-python compiles for minutes: its own layer, before any source, so a change to
+# Tandem's code reuses it (the version is pyproject.toml's; make test checks they agree)
+ARG LLAMA_CPP_VERSION=0.3.36
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+RUN /opt/build/bin/pip install --no-cache-dir --upgrade pip wheel \
+ && /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels \
+      "llama-cpp-python==${LLAMA_CPP_VERSION}"
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY routers ./routers
 COPY clients ./clients
 COPY privacy ./privacy
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
-RUN /opt/build/bin/pip install --no-cache-dir --upgrade pip wheel \
- && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN /opt/build/bin/pip wheel --no-cache-dir --find-links /wheels --wheel-dir /wheels .
 
 FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update \

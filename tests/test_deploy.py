@@ -116,3 +116,9 @@ def test_dockerfile_passes_hadolint():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "AS build" in DOCKERFILE and "AS runtime" in DOCKERFILE
     assert re.search(r"^USER 10001", DOCKERFILE, re.M) and "HEALTHCHECK" in DOCKERFILE
+
+
+def test_the_image_builds_the_llama_cpp_version_of_pyproject():
+    pinned = re.search(r'"llama-cpp-python==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert re.search(rf"^ARG LLAMA_CPP_VERSION={re.escape(pinned.group(1))}$", DOCKERFILE,
+                     re.M), "Dockerfile and pyproject.toml pin different llama-cpp-python"

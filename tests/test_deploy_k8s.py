@@ -96,9 +96,11 @@ def vllm_flags() -> set[str]:
                 r = httpx.get(url, timeout=300, follow_redirects=True)
             except httpx.HTTPError:
                 continue
-            if r.status_code == 200:
-                cache.write_bytes(r.content)
+            if r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == VLLM_SHA256:
+                cache.with_suffix(".part").write_bytes(r.content)
+                cache.with_suffix(".part").rename(cache)  # only a checked file is kept
                 break
+    assert cache.exists(), f"could not download {VLLM_SDIST} from {VLLM_URLS}"
     data = cache.read_bytes()
     assert hashlib.sha256(data).hexdigest() == VLLM_SHA256, f"{cache}: wrong SHA-256"
     flags: set[str] = set()

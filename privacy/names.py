@@ -165,11 +165,15 @@ class NameDetector(Detector):
         folded = [m.group().casefold() for m in run]
         while run and len(folded[-1]) == 1:
             run, folded = run[:-1], folded[:-1]  # "Option B", "plan A": a label's letter
+        initials = False
+        while len(run) > 1 and len(folded[0]) == 1:  # "J. Smith"; "B. It was …" (an option)
+            run, folded, initials = run[1:], folded[1:], True
         if not run:
             return None
-        if _STARTS.search(text, max(0, run[0].start() - 12), run[0].start()) and (
-                folded[0] not in self._first
-                and (len(run) == 1 or folded[0] in STOPWORDS or folded[0] in _OPENERS)):
+        opens = not initials and _STARTS.search(text, max(0, run[0].start() - 12),
+                                                run[0].start())
+        if opens and folded[0] not in self._first and (
+                len(run) == 1 or folded[0] in STOPWORDS or folded[0] in _OPENERS):
             run, folded = run[1:], folded[1:]  # the sentence's first word, not a name
         titled = bool(folded) and folded[0] in _TITLES and len(run) > 1
         if titled:

@@ -29,7 +29,7 @@ def found(detector, text: str) -> dict[str, str]:
     ("Dana asked me to review the slides.", {"Dana": "PERSON"}),  # a census first name
     ("Translate: Vesna Korlat joins in May.", {"Vesna Korlat": "NAME"}),
     ("Dear Dr. Okafor, thanks.", {"Okafor": "PERSON"}),
-    ("J. R. R. Tolkien wrote it", {"J. R. R. Tolkien": "NAME"}),
+    ("J. R. R. Tolkien wrote it", {"Tolkien": "NAME"}),  # initials alone name no one
     ("send it to Bank of the West on Main Street", {"Bank of the West": "NAME",
                                                     "Main Street": "PLACE"}),
     ("offer from Fennwick & Sons", {"Fennwick & Sons": "ORG"}),
@@ -49,6 +49,7 @@ def test_names_are_found(detector, text, expected):
     "Write a Python function that parses JSON.",
     "Explain how an LSTM differs from a GRU on a GPU.",
     "What is 2 plus 2? Option B. I think Monday works.",
+    "Which is true?\nA. It rains\nB. False\nD. All of the above",
     "URGENT: PLEASE HELP ME WITH SQL",
     "def add(a, b):\n    return a + b  # TODO: Check types",
     "Create a list of five fruits. Then sort it.",

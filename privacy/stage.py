@@ -2,7 +2,8 @@
 
 Runs after validation and before routing. The mode comes from the request
 (``"privacy": "sketch"``), else the API key (``privacy_mode``), else the configuration
-(``privacy.mode``). A request without private spans is untouched (``x-tandem-privacy:
+(``privacy.mode``; unset: ``local_only`` with a local model, ``redact`` without one). A
+request without private spans is untouched (``x-tandem-privacy:
 none``). With spans, every local model in the chain gets the context, and every remote
 one becomes what the mode makes of it (clients/private.py): dropped (``local_only``),
 placeholders (``redact``) or an outline writer (``sketch``). When detection failed,
@@ -69,7 +70,8 @@ class PrivacyStage:
             log.error("privacy detectors failed to load: %s", type(err).__name__)
 
     def mode_for(self, requested: str | None, key) -> str:
-        mode = requested or getattr(key, "privacy_mode", None) or self.config.mode
+        mode = (requested or getattr(key, "privacy_mode", None) or self.config.mode
+                or ("local_only" if self.local_name else "redact"))
         if mode not in MODES:
             raise InvalidRequest(f"Invalid request: 'privacy' must be one of "
                                  f"{', '.join(sorted(MODES))}, not '{mode}'", param="privacy")

@@ -180,9 +180,12 @@ class PrivacyMemoryConfig(_Strict):
 class PrivacyConfig(_Strict):
     """Private context stays on the device (privacy/, clients/private.py)."""
 
-    mode: str = Field("local_only", description="what a request with private spans does: "
-                      "local_only, sketch or redact (per key: auth.keys[].privacy_mode; "
-                      "per request: the body field 'privacy')")
+    mode: str | None = Field(
+        None, description="what a request with private spans does: local_only, sketch or "
+        "redact (per key: auth.keys[].privacy_mode; per request: the body field 'privacy'). "
+        "Unset: local_only when a local model is configured, else redact (placeholders: "
+        "a gateway with no local model cannot answer privately, and a 403 for every name "
+        "would make it useless)")
     detectors: list[str] = Field(
         default_factory=lambda: ["marked", "overlap", "pii", "names"],
         description="marked, overlap, pii (structured data and secrets), names (people, "
@@ -203,7 +206,7 @@ class PrivacyConfig(_Strict):
         from clients.private import MODES
         from privacy.detectors import known_detectors
 
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"privacy.mode: '{self.mode}' is not one of "
                              f"{', '.join(sorted(MODES))}")
         known = known_detectors()

@@ -230,3 +230,28 @@ def test_failed_detection_blocks_not_forwards(failing_gateway, recording):
     assert ok.choices[0].message.content
     metrics = httpx.get(failing_gateway.url + "/metrics").text
     assert 'tandem_egress_blocks_total{reason="detection_failed"} 2.0' in metrics
+
+
+def test_a_gateway_without_a_local_model_redacts_names_instead_of_refusing(recording,
+                                                                          workdir):
+    """No local model and no `privacy.mode`: a request naming someone is answered with
+    placeholders (the cloud never sees the name, the answer gets it back), not a 403."""
+    config = {"models": {"cloud": {"backend": "openai", "base_url": recording.url,
+                                   "model": "qwen-cloud", "max_retries": 0}},
+              "routing": {"default": "cloud"}}
+    server = start_gateway(config, workdir, name="privacy-cloud-only", ready_path="/health")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0,
+                               timeout=300)
+        before = len(recording.received)
+        raw = client.chat.completions.with_raw_response.create(
+            model="cloud", max_tokens=8, temperature=0, messages=[{
+                "role": "user", "content": f"write to my colleague {CANARY['first']} "
+                                           f"{CANARY['last']} about lunch"}])
+        assert raw.headers["x-tandem-privacy"] == "redact"
+        assert raw.parse().choices[0].message is not None
+        sent = b"".join(recording.received[before:]).decode("utf-8", "replace").lower()
+        assert sent and CANARY["first"].lower() not in sent
+        assert CANARY["last"].lower() not in sent
+    finally:
+        server.stop()

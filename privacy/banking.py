@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-from privacy.national_ids import luhn
-from privacy.pattern import Pattern, shorter
+from privacy.pattern import DIGIT, Pattern, luhn, shorter
 from privacy.spans import digits
 
 # Total IBAN length per country code (SWIFT IBAN registry).
@@ -61,10 +60,9 @@ def _card_parts(text: str) -> list[str]:
     return [p for p in shorter(text) if _PRINTED_CARD.fullmatch(p)]
 
 
-_DIGIT = re.compile(r"\d")
 BANKING_PATTERNS: tuple[Pattern, ...] = (
-    Pattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban, hint=_DIGIT,
+    Pattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban, hint=DIGIT,
             trim=_iban_length),
     Pattern("CARD", re.compile(r"(?<![\d+-])(?:\d[ -]?){12,18}\d(?![\d-])"), _card,
-            hint=_DIGIT, parts=_card_parts),
+            hint=DIGIT, parts=_card_parts),
 )

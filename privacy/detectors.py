@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from privacy.overlap import ContextIndex
-from privacy.pattern import Pattern, shorter
+from privacy.pattern import DIGIT, Pattern, shorter
 from privacy.credentials import SECRET_PATTERNS
 from privacy.banking import BANKING_PATTERNS
 from privacy.national_ids import NATIONAL_ID_PATTERNS
@@ -156,7 +156,6 @@ _DATE = (r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}"
          r"|dec)[a-z]*\.?(?:\s+\d{1,2}(?:st|nd|rd|th)?)?,?\s+\d{4})")
 
 
-_DIGIT = re.compile(r"\d")
 PATTERNS: tuple[Pattern, ...] = (
     *SECRET_PATTERNS,  # first: a URL's user:password@host is not an e-mail address
     Pattern("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
@@ -172,9 +171,9 @@ PATTERNS: tuple[Pattern, ...] = (
             _ip6, hint=re.compile(r"[0-9A-Fa-f]:|::"), trim=_one_colon_less),
     Pattern("DATE_OF_BIRTH", re.compile(
         r"(?i)\b(?:born|birth\s?day|date of birth|d\.?o\.?b\.?)\W{0,3}(?:on|is|was|:)?\s*("
-        + _DATE + ")"), group=1, hint=_DIGIT),
+        + _DATE + ")"), group=1, hint=DIGIT),
     Pattern("PHONE", re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{7,28}\d(?![\w])"), _phone,
-            hint=_DIGIT, trim=_own_parens, parts=_phone_parts),
+            hint=DIGIT, trim=_own_parens, parts=_phone_parts),
 )
 
 

@@ -19,22 +19,15 @@ from __future__ import annotations
 
 import re
 
-from privacy.pattern import Pattern
+from privacy.pattern import DIGIT, Pattern, luhn
 from privacy.spans import digits
 
-_DIGIT = re.compile(r"\d")
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 
 _VERHOEFF_D = ("0123456789", "1234067895", "2340178956", "3401289567", "4012395678",
                "5987604321", "6598710432", "7659821043", "8765932104", "9876543210")
 _VERHOEFF_P = ("0123456789", "1576283094", "5803796142", "8916043527", "9453126870",
                "4286573901", "2793806415", "7046913258")
-
-
-def luhn(number: str) -> bool:
-    d = [int(c) for c in digits(number)]
-    total = sum(d[-1::-2]) + sum(sum(divmod(2 * x, 10)) for x in d[-2::-2])
-    return total % 10 == 0
 
 
 def _verhoeff(number: str) -> bool:
@@ -67,19 +60,19 @@ NATIONAL_ID_PATTERNS: tuple[Pattern, ...] = (
     Pattern("NATIONAL_ID", re.compile(
         r"(?<![\w+-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"  # US SSN
         r"|\b(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2}"
-        r" ?[A-D]\b"), hint=_DIGIT),  # UK NINO
+        r" ?[A-D]\b"), hint=DIGIT),  # UK NINO
     Pattern("NATIONAL_ID", re.compile(r"(?i)\b[XYZ]?\d{7,8}[A-Z]\b"),
-            lambda s: len(s) == 9 and _dni(s), hint=_DIGIT),  # ES DNI / NIE
+            lambda s: len(s) == 9 and _dni(s), hint=DIGIT),  # ES DNI / NIE
     Pattern("NATIONAL_ID", re.compile(
         r"(?<![\d+-])[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[ABab])"
         r" ?\d{3} ?\d{3}"
-        r" ?\d{2}(?![\d-])"), _nir, hint=_DIGIT),  # FR NIR
+        r" ?\d{2}(?![\d-])"), _nir, hint=DIGIT),  # FR NIR
     Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )[2-9]\d{3}([ -])"
                                       r"\d{4}\1\d{4}(?![\d-]|\1\d{4})"),
-            _verhoeff, hint=_DIGIT),  # IN Aadhaar
+            _verhoeff, hint=DIGIT),  # IN Aadhaar
     Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )[1-79]\d{2}([ -])"
                                       r"\d{3}\1\d{3}(?![\d-]|\1\d{3})"),
-            _sin, hint=_DIGIT),  # CA SIN
+            _sin, hint=DIGIT),  # CA SIN
     Pattern("NATIONAL_ID", re.compile(
         r"(?i)\b(?:passport|national id|identity card|id card|ssn|social security|tax id"
         r"|personal id)(?:\s+(?:number|no\.?|#))?\s*(?:is|:)?\s*([A-Z0-9][A-Z0-9-]{5,})"),

@@ -6,6 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from privacy.spans import digits
+
+
+DIGIT = re.compile(r"\d")  # the hint of every numeric pattern
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -24,3 +29,10 @@ def shorter(value: str) -> list[str]:
     match took the word after it)."""
     return [value[:i].rstrip() for i in range(len(value) - 1, 0, -1)
             if value[i].isspace() and not value[i - 1].isspace()]
+
+
+def luhn(number: str) -> bool:
+    """The Luhn check digit holds (cards, Canada's SIN)."""
+    d = [int(c) for c in digits(number)]
+    total = sum(d[-1::-2]) + sum(sum(divmod(2 * x, 10)) for x in d[-2::-2])
+    return total % 10 == 0

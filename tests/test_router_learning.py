@@ -128,12 +128,13 @@ def test_learning_under_concurrent_load_retrains_a_new_version(learner):
     assert route(learner, chat_body(HARD[0]))["model"] == "cloud"
 
 
-def _serve_one(gw, i: int) -> tuple[str, bool]:
+def _serve_one(gw, i: int, request_id: str | None = None) -> tuple[str, bool]:
     """Request i through `router-classifier-1.0` (always the weak model, remembered for
     feedback); (request id, is the prompt hard)."""
     hard = i % 2 == 0
+    extra = {"extra_headers": {"x-request-id": request_id}} if request_id else {}
     headers, _ = ask(gw, f"{(HARD if hard else EASY)[i // 2 % 6]} #{i}",
-                     model="router-classifier-1.0")
+                     model="router-classifier-1.0", **extra)
     assert headers["x-tandem-route"] == "local"
     return headers["x-request-id"], hard
 
@@ -142,21 +143,20 @@ def _served(gw, n: int) -> list[tuple[str, bool]]:
     return [_serve_one(gw, i) for i in range(n)]
 
 
-def _balanced(gw, per_cell: int, share: float) -> list[tuple[str, bool]]:
-    """Served requests with exactly ``per_cell`` in each of (held out, trained on) x
-    (hard, easy): request ids are random, so the hash split of a fixed number of them
-    is not (40 ids once gave 9 held-out labels and a skipped gate)."""
-    cells: dict[tuple[bool, bool], list[tuple[str, bool]]] = {}
-    i = 0
-    while any(len(cells.get((h, e), [])) < per_cell for h in (True, False)
-              for e in (True, False)):
-        assert i < 40 * per_cell, cells
-        rid, hard = _serve_one(gw, i)
-        cell = cells.setdefault((held_out(rid, share), hard), [])
-        if len(cell) < per_cell:
-            cell.append((rid, hard))
-        i += 1
-    return [pair for cell in cells.values() for pair in cell]
+def _balanced(gw, n: int, share: float) -> list[tuple[str, bool]]:
+    """n requests, a quarter in each of (held out, trained on) x (hard, easy): each
+    carries an ``x-request-id`` chosen so that the hash split puts it where it should
+    (random ids once gave 9 held-out labels of 40 and a skipped gate; serving more until
+    the cells filled moved the threshold to recent traffic after 50 requests)."""
+    served = []
+    for i in range(n):
+        pair = i // 2  # a hard and an easy prompt; the six prompts cycle every 6 pairs,
+        want = (pair + pair // 6) % 2 == 0  # so each prompt lands on both sides
+        rid = next(f"gate-{i}-{k}" for k in range(10_000)
+                   if held_out(f"gate-{i}-{k}", share) == want)
+        served.append(_serve_one(gw, i, rid))
+        assert served[-1][0] == rid
+    return served
 
 
 @pytest.mark.parametrize("truth", ["lies", "inverted"])
@@ -174,7 +174,7 @@ def test_the_gate_keeps_a_worse_router_out_and_lets_a_better_one_in(truth, local
                                 "min_heldout": 10}),
                        tmp, name="worse")
     try:
-        served = _balanced(gw, per_cell=10, share=0.5)
+        served = _balanced(gw, 40, share=0.5)
         for rid, hard in served:
             believed = 0.0 if hard else 1.0  # what the shipped router believes of the weak
             if truth == "inverted" or not held_out(rid, 0.5):
@@ -195,7 +195,8 @@ def test_the_gate_keeps_a_worse_router_out_and_lets_a_better_one_in(truth, local
             assert last["outcome"] == "accepted", last
             assert last["new_apgr"] > last["old_apgr"]
             assert status["checkpoint"]["version"] == 2
-            assert route(gw, chat_body(HARD[0] + " #1"))["model"] == "local"  # new one
+            probe = route(gw, chat_body(HARD[0] + " #1"))
+            assert probe["model"] == "local", (probe, router_status(gw))  # new one
     finally:
         gw.stop()
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from routers import checkpoint
 from routers.evaluate import summary
@@ -133,14 +134,19 @@ def _gate_score(scorer, gate: list[dict], dim: int, imputer: Imputer,
 _WORKER: dict = {}  # per worker process: embedded shipped labels, loaded checkpoints
 
 
-def retrain_job(kind: str, version: int, path: str, labels: list[dict],
+def retrain_job(kind: str, version: int, path: str, labels: list[bytes],
                 base_labels: str | None, cfg: dict, embedder_name: str,
-                recent: list[dict]) -> dict:
-    """The retrain, run in a worker process (its GIL is not the server's): the shipped
-    labels are embedded once per worker, the serving checkpoint loaded from its file."""
+                recent: list[bytes]) -> dict:
+    """The retrain, run in a worker process (its GIL is not the server's): labels and
+    recent embeddings arrive as the JSON bytes they are stored as, so decoding them
+    (and pickling them across) costs the server nothing; the shipped labels are
+    embedded once per worker, the serving checkpoint loaded from its file."""
     from types import SimpleNamespace
 
     from routers.base import make_embedder
+
+    decoded = dedupe([orjson.loads(b) for b in labels])
+    recent_rows = [orjson.loads(b) for b in recent]
 
     embedder = make_embedder(embedder_name)
     key = ("base", base_labels, embedder_name)
@@ -149,8 +155,8 @@ def retrain_job(kind: str, version: int, path: str, labels: list[dict],
     if ("ckpt", path) not in _WORKER:
         _WORKER[("ckpt", path)] = checkpoint.load(path, embedder.name, embedder.dim)[0]
     current = SimpleNamespace(version=version, path=path, scorer=_WORKER[("ckpt", path)])
-    return retrain(kind, current, labels, _WORKER[key], SimpleNamespace(**cfg), embedder,
-                   recent)
+    return retrain(kind, current, decoded, _WORKER[key], SimpleNamespace(**cfg), embedder,
+                   recent_rows)
 
 
 def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,

@@ -35,7 +35,8 @@ from routers.embed import latest_user_text
 from routers.evaluate import threshold_for_fraction
 
 log = logging.getLogger("tandem.router")
-MIN_TRACKED = 50  # recent scores needed before they replace the calibration scores
+MIN_TRACKED = 20  # recent scores needed before they replace the calibration scores
+STEER_AFTER = 50  # decisions in the window before the share's own error steers the aim
 
 
 class FeedbackNotFound(LookupError):
@@ -73,7 +74,7 @@ class LiveRouter(Router):
         self.recent_scores: collections.deque[float] = collections.deque(
             maxlen=max(cfg.track_window, 1))
         self.tracking = cfg.cloud_fraction is not None and cfg.track_window > 0
-        self.recent_embeddings: collections.deque = collections.deque(maxlen=1000)
+        self.recent_embeddings: collections.deque[bytes] = collections.deque(maxlen=1000)
         self.recent_strong: collections.deque[bool] = collections.deque(maxlen=1000)
         self._strong_in_window = 0  # sum(recent_strong), kept as decisions come and go
         self._thresholds: dict[float, tuple[int, float]] = {}
@@ -106,6 +107,8 @@ class LiveRouter(Router):
         often exactly 0 or 1), a tie goes strong with the probability that keeps the
         share on target."""
         fraction = cloud_fraction if cloud_fraction is not None else self.cloud_fraction
+        if fraction is not None and cloud_fraction is None:
+            fraction = self.aim(fraction)
         if (p != threshold or fraction is None or not self.tracking
                 or len(self.recent_scores) < MIN_TRACKED):
             return p >= threshold
@@ -128,22 +131,37 @@ class LiveRouter(Router):
             return self.base.threshold_for(cloud_fraction)  # raises with the remedy
         return threshold_for_fraction(self.current.calibration, cloud_fraction)
 
+    def aim(self, fraction: float) -> float:
+        """The share to aim the next decisions at: the target plus what the recent window
+        missed it by, so that an early miss (the checkpoint's calibration on traffic
+        unlike its data) is paid back instead of kept. Quantised, so thresholds cache."""
+        actual = self.actual_fraction()
+        if not self.tracking or actual is None or len(self.recent_strong) < STEER_AFTER:
+            return fraction
+        aimed = min(2 * fraction, 1.0, max(fraction / 2, 2 * fraction - actual))
+        return round(aimed, 3)
+
     def threshold(self, cloud_fraction: float | None = None) -> tuple[float, str]:
-        """(threshold, where it came from) for the policy or a key's own fraction."""
+        """(threshold, where it came from) for the policy or a key's own fraction (a key's
+        own is not steered: the window's share is the whole traffic's)."""
         fraction = cloud_fraction if cloud_fraction is not None else self.cloud_fraction
         if fraction is None:
             return self.fixed_threshold, "configured threshold"
         tracked = self.tracking and len(self.recent_scores) >= MIN_TRACKED
-        source = (f"cloud_fraction {fraction:g} of the last {len(self.recent_scores)} requests"
-                  if tracked else f"threshold for cloud_fraction {fraction:g}")
-        return self.threshold_for(fraction), source
+        if not tracked:
+            return self.threshold_for(fraction), f"threshold for cloud_fraction {fraction:g}"
+        aimed = self.aim(fraction) if cloud_fraction is None else fraction
+        source = f"cloud_fraction {fraction:g} of the last {len(self.recent_scores)} requests"
+        if aimed != fraction:
+            source += f", aiming at {aimed:g} to pay back the window's {self.actual_fraction():.3f}"
+        return self.threshold_for(aimed), source
 
     def observe(self, p: float, e: np.ndarray | None) -> None:
         """A scored `tandem` request (before any exploration)."""
         self._decisions += 1
         self.recent_scores.append(p)
         if e is not None and self.learning:
-            self.recent_embeddings.append(learning.sparse(e))
+            self.recent_embeddings.append(orjson.dumps(learning.sparse(e)))
 
     def went(self, strong: bool) -> None:
         if len(self.recent_strong) == self.recent_strong.maxlen:
@@ -244,9 +262,8 @@ class LiveRouter(Router):
     async def _retrain(self, total: int) -> None:
         started = time.perf_counter()
         try:
-            raw = await self.store.read("router:labels")
-            labels = learning.dedupe([orjson.loads(b) for b in raw])
-            result = await self._run_job(labels)
+            raw = await self.store.read("router:labels")  # decoded in the worker
+            result = await self._run_job(list(raw))
             if result["outcome"] == "accepted":
                 scorer, meta = await asyncio.to_thread(
                     checkpoint.load, result["path"], self.embedder.name, self.embedder.dim)
@@ -279,7 +296,7 @@ class LiveRouter(Router):
         log.warning("router retrain %s: %s", result["outcome"],
                     {k: v for k, v in result.items() if k != "outcome"})
 
-    async def _run_job(self, labels: list[dict]) -> dict:
+    async def _run_job(self, labels: list[bytes]) -> dict:
         """``learning.retrain_job`` in the worker process (started on first use; a
         crashed worker is replaced on the next retrain)."""
         if self._executor is None:

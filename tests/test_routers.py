@@ -347,3 +347,42 @@ def test_corrupt_calibration_scores_are_refused(tmp_path):
                     calibration=np.array([0.2, 1.7]))
     with pytest.raises(checkpoint.CheckpointError, match="calibration scores"):
         checkpoint.load(path)
+
+
+def test_cloud_share_pays_back_an_unseen_mix_overshoot():
+    """Traffic unlike the checkpoint's data (prompts it scores far above its
+    calibration) first goes to the cloud far too often; the live router's threshold
+    then follows recent scores and aims below target until the window's share is back
+    on target, instead of keeping the early overshoot."""
+    import asyncio
+
+    from routers.policy import Policy
+    from routers.tools import read_jsonl
+    from server.config import GatewayConfig
+
+    config = GatewayConfig.model_validate({
+        "models": {"local": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+                             "model": "w"},
+                   "cloud": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+                             "model": "s"}},
+        "routing": {"default": "local", "strong": "cloud", "weak": "local",
+                    "routers": {"classifier": "routers/checkpoints/broad-classifier.npz"},
+                    "router": {"kind": "classifier", "cloud_fraction": 0.3}}})
+    policy = Policy.from_config(config)
+    rows = read_jsonl("routers/data/broad-qwen0.5b-vs-1.5b.jsonl")
+    # an unseen mix: the 400 prompts it scores highest (its calibration would send
+    # nearly all of them to the cloud), in random order
+    order = np.argsort([-policy.live.p_strong(r["messages"]) for r in rows], kind="stable")
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(order[:400])]
+
+    async def run() -> list[bool]:
+        went = []
+        for r in rows:
+            d = await policy.route("tandem", {"model": "tandem", "messages": r["messages"]})
+            went.append(d.model == "cloud")
+        return went
+
+    went = np.array(asyncio.run(run()))
+    assert went[:20].mean() > 0.9  # the checkpoint's calibration overshoots at first
+    assert abs(policy.live.actual_fraction() - 0.3) <= 0.03  # the window is back on target
+    assert abs(went.mean() - 0.3) <= 0.05  # and so is the whole run

@@ -27,6 +27,7 @@ from server.errors import install_error_handlers
 from server.middleware import RequestContextMiddleware
 from server.observe import GatewayMetrics
 from server.openapi import install_openapi
+from server.responses import ResponsesService
 from server.runtime import Runtime, RuntimeHolder
 from server.state import RedisState, SQLiteState
 
@@ -90,6 +91,11 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
         return await handle_completion(holder.current, request)
 
     app.add_route("/v1/completions", completions, methods=["POST"])
+
+    responses = ResponsesService(holder, store)
+    app.add_route("/v1/responses", responses.create, methods=["POST"])
+    app.add_route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"])
+    app.add_route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"])
 
     for path, handler, methods in (("/v1/tandem/feedback", tandem_api.feedback, ["POST"]),
                                    ("/v1/tandem/router", tandem_api.router_status, ["GET"]),

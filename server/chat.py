@@ -86,26 +86,32 @@ class ChatService:
             task.add_done_callback(self._bookings.discard)
 
     async def handle(self, request: Request) -> Response:
-        state = request.scope.get("state", {})
+        return (await self.handle_body(await request.body(), request.scope.get("state", {})))[0]
+
+    async def handle_body(self, body: bytes | dict, state: dict
+                          ) -> tuple[Response, RequestRecord]:
+        """A chat request (raw JSON or parsed) from a caller whose request state is
+        ``state``; other APIs bridged through chat (/v1/responses) call this too."""
         record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
                                api_key=state.get("api_key"))
         self.inflight += 1
         try:
-            response = await self._handle(request, record)
+            response = await self._handle(body, record)
         except TandemError as err:
             record.status = err.status
             self._finish(record)
             raise
         if not record.stream:
             self._finish(record)
-        return response  # a stream finishes its record when it ends
+        return response, record  # a stream finishes its record when it ends
 
-    async def _handle(self, request: Request, record: RequestRecord) -> Response:
-        raw = await request.body()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as err:
-            raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
+    async def _handle(self, body: bytes | dict, record: RequestRecord) -> Response:
+        if isinstance(body, bytes):
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError as err:
+                raise InvalidRequest("We could not parse the JSON body of your request: "
+                                     f"{err}") from None
         validated = validate_chat_request(body)
         record.model = validated.model
         prepared, ctx = await self.context(body, validated.model, record)

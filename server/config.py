@@ -167,6 +167,16 @@ class StateConfig(_Strict):
     redis_url: str | None = Field(None, description="share limits and budgets across replicas")
 
 
+class ResponsesConfig(_Strict):
+    """Stored responses (``store``, ``previous_response_id``) of /v1/responses."""
+
+    ttl_s: float = Field(30 * 86_400.0, gt=0, description="how long a stored response "
+                         "can be retrieved or continued (OpenAI keeps 30 days)")
+    max_in_memory: int = Field(10_000, ge=0, description="responses kept in this process "
+                               "when no state store is configured, and those that "
+                               "carried private spans (never put in a shared Redis)")
+
+
 class PrivacyMemoryConfig(_Strict):
     """Sticky privacy (privacy/memory.py): spans once private stay private."""
 
@@ -224,6 +234,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "GatewayConfig":

@@ -107,6 +107,8 @@ class ResponsesService:
             if previous is None:
                 raise _not_found(req.previous_response_id, "previous_response_id")
             history = previous["messages"]
+            if "private_context" in previous and "private_context" not in body:
+                body = {**body, "private_context": previous["private_context"]}
         chat = chat_body(req, body, history)
         store = req.store is not False
         builder = ResponseBuilder(req, chat, new_id("resp"), store,
@@ -115,28 +117,32 @@ class ResponsesService:
             chat, request.scope.get("state", {}))
         headers = {k: v for k, v in answered.headers.items() if k.startswith("x-tandem-")}
         conversation = history + input_messages(req.input)
+        keep = {"key": key, "messages": conversation}
+        if "private_context" in body:  # continued with it, in this process only
+            keep["private_context"] = body["private_context"]
+        private = record.private or "private_context" in keep
         if not isinstance(answered, StreamingResponse):
             response = builder.finished(orjson.loads(answered.body))
-            await self._keep(store, builder, conversation, key, record.private)
+            await self._keep(store, builder, keep, private)
             return Response(orjson.dumps(response), media_type="application/json",
                             headers=headers)
-        events = self._events(answered.body_iterator, builder, store, conversation, key,
-                              record.private)
+        events = self._events(answered.body_iterator, builder, store, keep, private)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
 
-    async def _keep(self, store: bool, builder: ResponseBuilder, conversation: list[dict],
-                    key: str | None, private: bool) -> None:
+    async def _keep(self, store: bool, builder: ResponseBuilder, keep: dict,
+                    private: bool) -> None:
+        """Store the finished response with its conversation (``keep``: the key, the
+        messages so far, any private context) and this answer as its last turn."""
         response = builder.response
         if not store or response["status"] == "failed":
             return
-        record = {"key": key, "response": response,
-                  "messages": conversation + [assistant_message(response["output"])]}
+        record = {**keep, "response": response,
+                  "messages": keep["messages"] + [assistant_message(response["output"])]}
         await self.store.save(response["id"], record, self.ttl_s, private)
 
     async def _events(self, chat_sse: AsyncIterator[bytes], builder: ResponseBuilder,
-                      store: bool, conversation: list[dict], key: str | None,
-                      private: bool) -> AsyncIterator[bytes]:
+                      store: bool, keep: dict, private: bool) -> AsyncIterator[bytes]:
         """The chat stream's SSE, re-read chunk by chunk, as Responses events. An
         in-band chat error (the model failed after the stream began) ends it with
         ``response.failed``; no ``[DONE]`` (the Responses stream has none)."""
@@ -152,7 +158,7 @@ class ResponsesService:
                     if data == b"[DONE]":
                         for event in builder.ending():
                             yield event
-                        await self._keep(store, builder, conversation, key, private)
+                        await self._keep(store, builder, keep, private)
                         return
                     chunk = orjson.loads(data)
                     if "error" in chunk:

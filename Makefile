@@ -34,11 +34,14 @@ models: venv
 serve: models
 	$(BIN)/tandem serve-stack --host $(HOST) --port $(PORT) --cloud-port $(CLOUD_PORT)
 
-# System packages the tests start for real: redis-server (shared limits across replicas)
-# and docker-compose (validates deploy/docker-compose.yml without a Docker engine).
+# System packages the tests start for real: redis-server (shared limits across replicas),
+# docker-compose (validates deploy/docker-compose.yml without a Docker engine) and
+# chromium (renders the /ui dashboard headless).
 sysdeps:
-	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null || \
-	  { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server docker-compose; }
+	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && \
+	  command -v chromium >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server \
+	    docker-compose chromium; }
 
 test: venv sysdeps
 	$(BIN)/python -m pytest -q -ra

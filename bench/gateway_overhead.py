@@ -1,7 +1,7 @@
 """Latency a gateway adds in front of a fast upstream: direct vs Tandem vs LiteLLM's proxy.
 
 One run, three paths to the same fake upstream (bench/fake_upstream.py, its own
-process). Scenarios: non-streaming and streaming (20 chunks) at concurrency 1, an
+process), plus Tandem's /v1/responses at concurrency 1 (plain and streamed). Scenarios: non-streaming and streaming (20 chunks) at concurrency 1, an
 open-loop 200 requests/s, and closed-loop concurrency 32 for the maximum rate.
 "Added" = the path's latency percentile minus the direct percentile of the same run.
 
@@ -33,6 +33,8 @@ MASTER_KEY = "sk-" + "5e3c" * 16  # LiteLLM refuses to start without one; sent o
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
 BODY = {"model": "cloud", "messages": [{"role": "user", "content": "Say hello."}],
         "max_tokens": 16}
+# the same request through /v1/responses (bridged through chat inside the gateway)
+RESPONSES_BODY = {"model": "cloud", "input": "Say hello.", "max_output_tokens": 16}
 
 
 def start_fake(tmp: Path) -> ServerProcess:
@@ -65,7 +67,7 @@ ERRORS: dict[str, int] = {}
 
 async def one(http: httpx.AsyncClient, url: str, stream: bool) -> float:
     """Latency in ms; NaN (and a count in ERRORS) for a failed request."""
-    body = {**BODY, "stream": stream}
+    body = {**(RESPONSES_BODY if url.endswith("/v1/responses") else BODY), "stream": stream}
     t0 = time.perf_counter()
     try:
         if stream:
@@ -153,8 +155,9 @@ def main() -> None:
             paths["litellm"] = lite.url + "/v1/chat/completions"
 
         lat: dict[tuple[str, str], list[float]] = {}
+        c1_paths = {**paths, "tandem-responses": gw.url + "/v1/responses"}
         for scenario, stream in (("c1", False), ("c1-stream", True)):
-            for name, url in paths.items():
+            for name, url in c1_paths.items():
                 print(f"... {scenario} {name}", file=sys.stderr)
                 lat[(scenario, name)] = asyncio.run(sequential(url, stream, args.requests))
         for name, url in paths.items():
@@ -174,7 +177,7 @@ def main() -> None:
     lat = {k: [x for x in v if x == x] for k, v in lat.items()}  # drop failures (NaN)
     for scenario in ("c1", "c1-stream", f"{args.rps:.0f}rps"):
         base = lat[(scenario, "direct")]
-        for name in paths:
+        for name in (c1_paths if scenario.startswith("c1") else paths):
             v = lat[(scenario, name)]
             p50, p99 = percentile(v, 50), percentile(v, 99)
             a50 = p50 - percentile(base, 50)
@@ -196,13 +199,16 @@ def main() -> None:
         "added_p50_ms": round(tandem50, 3), "added_p99_ms": round(tandem99, 3),
         "litellm_added_p50_ms": round(lite50, 3), "litellm_added_p99_ms": round(lite99, 3),
         "c1_added_p50_ms": round(added[("c1", "tandem")][0], 3),
+        "responses_c1_added_p50_ms": round(added[("c1", "tandem-responses")][0], 3),
+        "chat_stream_added_p50_ms": round(added[("c1-stream", "tandem")][0], 3),
+        "responses_stream_added_p50_ms": round(added[("c1-stream", "tandem-responses")][0], 3),
         "bare_added_p50_ms": round(added[(key, "tandem-bare")][0], 3),
         "bare_added_p99_ms": round(added[(key, "tandem-bare")][1], 3),
         "stream_added_per_chunk_ms": round(chunk_ms, 4),
         "rps_max": round(rps[("tandem", False)], 1),
         "rps_max_direct": round(rps[("direct", False)], 1),
         "rps_max_litellm": round(rps.get(("litellm", False), float("nan")), 1),
-        "errors": {n: ERRORS.get(u, 0) for n, u in paths.items()},
+        "errors": {n: ERRORS.get(u, 0) for n, u in c1_paths.items()},
     })
 
 

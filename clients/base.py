@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from clients.errors import InvalidRequest
 
@@ -85,6 +85,19 @@ class ChatClient(abc.ABC):
         raise InvalidRequest(f"model '{self.name}' cannot serve /v1/completions",
                              param="model", code="completions_unsupported")
 
+    async def embed(self, body: ChatBody) -> dict:
+        """An OpenAI embeddings response for a validated ``/v1/embeddings`` body; each
+        ``embedding`` a list of floats, a float32 array or base64 (the server writes the
+        format the caller asked for). Backends override this, or register a function for
+        their class (``register_embedder``); the others cannot embed, and say so."""
+        for cls in type(self).__mro__:
+            fn = _EMBEDDERS.get(cls)
+            if fn is not None:
+                return await fn(self, body)
+        raise InvalidRequest(f"model '{self.name}' cannot create embeddings (name a "
+                             "llama_cpp or openai model)", param="model",
+                             code="embeddings_unsupported")
+
     def continuation_body(self, body: ChatBody, partial: str) -> ChatBody | None:
         """A request that continues an assistant answer already begun with ``partial``
         (used when another model failed mid-stream), or None when this backend cannot."""
@@ -100,6 +113,19 @@ class ChatClient(abc.ABC):
 
 ClientFactory = Callable[[str, Any], ChatClient]
 _BACKENDS: dict[str, ClientFactory] = {}
+EmbedFunction = Callable[[Any, ChatBody], Awaitable[dict]]
+_EMBEDDERS: dict[type, EmbedFunction] = {}
+
+
+def register_embedder(cls: type) -> Callable[[EmbedFunction], EmbedFunction]:
+    """``@register_embedder(LlamaCppClient)``: ``ChatClient.embed`` for a backend whose
+    embeddings live in a file of their own."""
+
+    def deco(fn: EmbedFunction) -> EmbedFunction:
+        _EMBEDDERS[cls] = fn
+        return fn
+
+    return deco
 
 
 def register_backend(kind: str) -> Callable[[ClientFactory], ClientFactory]:
@@ -122,6 +148,7 @@ def build_client(name: str, config: Any) -> ChatClient:
     # Import the built-in backends so that they register themselves.
     from clients import openai_client  # noqa: F401
     from clients.llama_cpp import client as _llama_cpp  # noqa: F401
+    from clients.llama_cpp import embeddings as _llama_embeddings  # noqa: F401
     from clients.proxy_tuning import client as _proxy_tuning  # noqa: F401
 
     if config.backend in _LAZY_BACKENDS:

@@ -27,6 +27,7 @@ from clients.base import (
     register_backend,
 )
 from clients.errors import InvalidRequest, UpstreamError
+from clients.tool_deltas import without_repeats
 from privacy.guard import check_egress
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -80,6 +81,7 @@ class OpenAIClient(ChatClient):
         self.base_url = base = config.base_url.rstrip("/")
         self._url = base + "/chat/completions"
         self._completions_url = base + "/completions"
+        self._embeddings_url = base + "/embeddings"
         self._models_url = base + "/models"
         self._ready_cache: tuple[float, Readiness] | None = None
 
@@ -223,7 +225,7 @@ class OpenAIClient(ChatClient):
         return await self._call(body, self._url)
 
     def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
-        return self._events(body, self._url)
+        return without_repeats(self._events(body, self._url))
 
     async def complete(self, body: ChatBody) -> dict:
         """Legacy completions, passed through to the upstream's ``/completions``."""
@@ -232,7 +234,12 @@ class OpenAIClient(ChatClient):
     def complete_stream(self, body: ChatBody) -> AsyncIterator[dict]:
         return self._events(body, self._completions_url)
 
-    async def _call(self, body: ChatBody, url: str) -> dict:
+    async def embed(self, body: ChatBody) -> dict:
+        """Embeddings, passed through to the upstream's ``/embeddings`` (``dimensions`` and
+        ``encoding_format`` included) by the same send path, so the guard checks them."""
+        return await self._call(body, self._embeddings_url, expect="data")
+
+    async def _call(self, body: ChatBody, url: str, expect: str = "choices") -> dict:
         resp = await self._send(body, url)
         try:
             content = await resp.read()
@@ -244,8 +251,8 @@ class OpenAIClient(ChatClient):
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent invalid JSON") from None
-        if not isinstance(data, dict) or "choices" not in data:
-            raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent no choices")
+        if not isinstance(data, dict) or expect not in data:
+            raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent no {expect}")
         return data
 
     async def _events(self, body: ChatBody, url: str) -> AsyncIterator[dict]:

@@ -20,9 +20,11 @@ from starlette.responses import Response
 
 from clients.errors import InvalidRequest, TandemError
 from server.auth import AuthMiddleware, hash_key
-from server import tandem_api
+from server import tandem_api, tracing
 from server.completions import handle_completion
 from server.config import ConfigError, GatewayConfig
+from server.embeddings import handle_embeddings
+from server.dashboard import DashboardMiddleware
 from server.errors import install_error_handlers
 from server.middleware import RequestContextMiddleware
 from server.observe import GatewayMetrics
@@ -45,6 +47,7 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
     if config.auth.keys or config.routing.learning.enabled:
         store = (RedisState(config.state.redis_url) if config.state.redis_url
                  else SQLiteState(config.state.sqlite_path))
+    tracer_provider = tracing.install(config.server.tracing)  # once: a reload keeps it
     first = Runtime(config, None, store)
     metrics = GatewayMetrics(first.clients, first.prices) if config.server.metrics else None
     first.service.metrics = metrics
@@ -63,7 +66,7 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        except (NotImplementedError, RuntimeError):  # not the main thread / not Unix
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Unix
             pass
         # Start-up objects live for the whole process: keep them out of every GC pass,
         # which otherwise shows up as millisecond stalls in p99 latency.
@@ -74,6 +77,7 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
             await holder.current.close()
             if store is not None:
                 await store.close()
+            tracing.shutdown(tracer_provider)
 
     app = FastAPI(title="Tandem", version="0.1.0", lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -97,7 +101,8 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
     app.add_route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"])
     app.add_route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"])
 
-    for path, handler, methods in (("/v1/tandem/feedback", tandem_api.feedback, ["POST"]),
+    for path, handler, methods in (("/v1/embeddings", handle_embeddings, ["POST"]),
+                                   ("/v1/tandem/feedback", tandem_api.feedback, ["POST"]),
                                    ("/v1/tandem/router", tandem_api.router_status, ["GET"]),
                                    ("/v1/tandem/route", tandem_api.route_dry_run, ["POST"]),
                                    ("/v1/tandem/privacy/forget", tandem_api.privacy_forget,
@@ -181,6 +186,8 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
 
     install_openapi(app, first.policy.names())
     app.add_middleware(AuthMiddleware, holder=holder)
+    # GET /ui and /v1/tandem/stats, outside AuthMiddleware: they check the admin key
+    app.add_middleware(DashboardMiddleware, holder=holder, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import AsyncIterator
 
 import orjson
+from opentelemetry import trace
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -25,6 +26,7 @@ from routers.rules import RouteContext
 from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
 from server.schemas import validate_chat_request
+from server.tracing import TRACER, child, span_attributes
 
 log = logging.getLogger("tandem.chat")
 
@@ -36,16 +38,25 @@ def sse_event(obj: dict) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def stream_failure(err: Exception, source: str, record: RequestRecord) -> bytes:
-    """The in-band error event for a stream whose status line is already sent: an
-    OpenAI error object for Tandem's errors, a generic one (no stack trace) otherwise."""
+def stream_failure(err: Exception, source: str, record: RequestRecord) -> dict:
+    """The in-band error for a stream whose status line is already sent: an OpenAI
+    error object for Tandem's errors, a generic one (no stack trace) otherwise."""
     record.status = "stream_error"
     if isinstance(err, TandemError):
         log.warning("stream from %s failed: %s", source, err.message)
-        return sse_event(err.body())
+        return err.body()
     log.error("stream from %s failed", source, exc_info=err)
-    return sse_event({"error": {"message": f"stream failed ({type(err).__name__})",
-                                "type": "server_error", "param": None, "code": None}})
+    return {"error": {"message": f"stream failed ({type(err).__name__})",
+                      "type": "server_error", "param": None, "code": None}}
+
+
+async def encode_sse(chunks: AsyncIterator[dict | None]) -> AsyncIterator[bytes]:
+    """Chat chunks as SSE: ``None`` (the end) is ``[DONE]``."""
+    try:
+        async for chunk in chunks:
+            yield DONE if chunk is None else sse_event(chunk)
+    finally:
+        await chunks.aclose()
 
 
 def _headers(route: str, reason: str, client: ChatClient | None = None) -> dict[str, str]:
@@ -78,6 +89,14 @@ class ChatService:
             return
         self.inflight -= 1
         record.finish(self.metrics)
+        if record.span is not None:
+            record.span.set_attributes(span_attributes(
+                route=record.route, status=str(record.status), rule=record.rule,
+                prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+                private=record.private, stream=record.stream))
+            if record.status not in (200, "200"):
+                record.span.set_status(trace.Status(trace.StatusCode.ERROR, str(record.status)))
+            record.span.end()
         if record.api_key is not None and record.status == 200:
             task = asyncio.get_running_loop().create_task(self.gate.account(
                 record.api_key, record.prompt_tokens + record.completion_tokens,
@@ -94,6 +113,8 @@ class ChatService:
         ``state``; other APIs bridged through chat (/v1/responses) call this too."""
         record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
                                api_key=state.get("api_key"))
+        record.span = TRACER.start_span("tandem.chat", attributes=span_attributes(
+            request_id=record.request_id, key=getattr(record.api_key, "name", None)))
         self.inflight += 1
         try:
             response = await self._handle(body, record)
@@ -114,9 +135,14 @@ class ChatService:
                                      f"{err}") from None
         validated = validate_chat_request(body)
         record.model = validated.model
+        record.span.set_attribute("tandem.model", validated.model)
         prepared, ctx = await self.context(body, validated.model, record)
         started = time.perf_counter()
-        decision = await self.policy.route(validated.model, body, ctx)
+        with trace.use_span(child(record.span, "tandem.route"), end_on_exit=True) as span:
+            decision = await self.policy.route(validated.model, body, ctx)
+            span.set_attributes(span_attributes(
+                model=decision.model, rule=decision.rule, p_strong=decision.score,
+                threshold=decision.threshold, explored=decision.explored))
         if self.metrics is not None:
             self.metrics.router_decision.observe(time.perf_counter() - started)
             if decision.threshold is not None and validated.model == POLICY_NAME:
@@ -152,8 +178,12 @@ class ChatService:
             share = await self.gate.admit(key, model, downgrade=downgrade_at is not None)
         prepared = None
         if self.privacy is not None:  # before routing: the mode may rule out remote models
-            prepared = await self.privacy.prepare(body, key, record.request_id,
-                                                  remember=not dry_run)
+            with trace.use_span(child(record.span, "tandem.privacy"), end_on_exit=True) as span:
+                prepared = await self.privacy.prepare(body, key, record.request_id,
+                                                      remember=not dry_run)
+                if prepared is not None:
+                    span.set_attributes(span_attributes(
+                        mode=prepared.mode, private_spans=len(prepared.plan.spans)))
         ctx = RouteContext(body, key_name=getattr(key, "name", None),
                            key_cloud_fraction=getattr(key, "cloud_fraction", None),
                            private=bool(prepared is not None and prepared.plan.private),
@@ -194,8 +224,12 @@ class ChatService:
         self._bookings.add(task)
         task.add_done_callback(self._bookings.discard)
 
-    def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str) -> str:
+    def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str,
+                   record: RequestRecord) -> str:
         log.warning("model %s failed (%s): %s", chain[i], stage, err.message)
+        if record.span is not None:
+            record.span.add_event("tandem.fallback", span_attributes(
+                failed=chain[i], next=chain[i + 1], stage=stage, status=err.status))
         if self.metrics is not None:
             self.metrics.fallbacks.labels(chain[i], chain[i + 1], stage).inc()
         return f"fallback after '{chain[i]}' failed ({err.status})"
@@ -210,10 +244,13 @@ class ChatService:
         reason = decision.reason
         for i, name in enumerate(decision.chain):
             try:
-                result = await clients[name].chat(body)
+                with trace.use_span(child(record.span, "tandem.upstream", model=name,
+                                          attempt=i), end_on_exit=True):
+                    result = await clients[name].chat(body)
             except UpstreamError as err:
                 if err.retryable and i + 1 < len(decision.chain):
-                    reason += "; " + self._fell_back(decision.chain, i, err, "before_first_byte")
+                    reason += "; " + self._fell_back(decision.chain, i, err,
+                                                     "before_first_byte", record)
                     continue
                 raise
             result["model"] = name
@@ -228,7 +265,8 @@ class ChatService:
         raise AssertionError("empty chain")  # Decision always has one model
 
     async def _open(self, chain: tuple[str, ...], start: int, body: dict,
-                    clients: dict[str, ChatClient], partial: str | None = None
+                    clients: dict[str, ChatClient], record: RequestRecord,
+                    partial: str | None = None
                     ) -> tuple[int, AsyncIterator[dict], dict | None, list[str]]:
         """Open a stream on the first model from ``chain[start:]`` that delivers a first
         chunk. With ``partial``, only models that can continue an answer are tried."""
@@ -240,13 +278,17 @@ class ChatService:
                 continue
             chunks = client.chat_stream(request)
             try:
-                return i, chunks, await chunks.__anext__(), skipped
+                with trace.use_span(child(record.span, "tandem.upstream", model=chain[i],
+                                          attempt=i, stream=True, resumed=partial is not None),
+                                    end_on_exit=True):
+                    first = await chunks.__anext__()  # the span ends at the first chunk
+                return i, chunks, first, skipped
             except StopAsyncIteration:
                 return i, chunks, None, skipped
             except UpstreamError as err:
                 await chunks.aclose()
                 if err.retryable and not err.started and i + 1 < len(chain):
-                    skipped.append(self._fell_back(chain, i, err, "before_first_byte"))
+                    skipped.append(self._fell_back(chain, i, err, "before_first_byte", record))
                     continue
                 raise
             except BaseException:
@@ -256,22 +298,26 @@ class ChatService:
 
     async def _stream(self, decision: Decision, body: dict, include_usage: bool,
                       record: RequestRecord, clients: dict[str, ChatClient]) -> Response:
-        i, chunks, first, skipped = await self._open(decision.chain, 0, body, clients)
+        i, chunks, first, skipped = await self._open(decision.chain, 0, body, clients, record)
         reason = "; ".join([decision.reason, *skipped])
         name = decision.chain[i]
         record.stream, record.route, record.reason = True, name, reason
         await self._remember(decision, record, name, body)
         events = self._sse(decision, i, first, chunks, body, include_usage, record, clients)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **_headers(name, reason, clients[name])})
+        response = StreamingResponse(encode_sse(events), media_type="text/event-stream",
+                                     headers={**SSE_HEADERS,
+                                              **_headers(name, reason, clients[name])})
+        response.chunks = events  # what APIs bridged through chat read instead of the bytes
+        return response
 
     async def _sse(self, decision: Decision, link: int, first: dict | None,
                    chunks: AsyncIterator[dict], body: dict, include_usage: bool,
                    record: RequestRecord, clients: dict[str, ChatClient]
-                   ) -> AsyncIterator[bytes]:
-        """Forward chunks as SSE. If the model fails mid-stream and a later model in the
-        chain can continue an answer, it continues from the text already sent (the caller
-        sees one answer, nothing repeated); otherwise an in-band error ends the stream."""
+                   ) -> AsyncIterator[dict | None]:
+        """The chunks to forward, then ``None`` (the end). If the model fails mid-stream
+        and a later model in the chain can continue an answer, it continues from the text
+        already sent (the caller sees one answer, nothing repeated); otherwise an error
+        object (``{"error": ...}``, sent in-band) ends the stream, without ``None``."""
         name = decision.chain[link]
         sent: list[str] = []  # content of choice 0 so far
         stream_id = None
@@ -303,17 +349,17 @@ class ChatService:
                             chunk.setdefault("usage", None)
                         elif "usage" in chunk:
                             chunk.pop("usage")
-                        yield sse_event(chunk)
+                        yield chunk
                         chunk = await anext(chunks, None)
-                    yield DONE
+                    yield None
                     return
                 except UpstreamError as err:
                     if not (single and err.started and link + 1 < len(decision.chain)):
                         raise
-                    self._fell_back(decision.chain, link, err, "mid_stream")
+                    self._fell_back(decision.chain, link, err, "mid_stream", record)
                     await chunks.aclose()
                     link, chunks, chunk, _ = await self._open(
-                        decision.chain, link + 1, body, clients, partial="".join(sent))
+                        decision.chain, link + 1, body, clients, record, partial="".join(sent))
                     name = decision.chain[link]
                     record.route = name
                     resumed = True

@@ -118,7 +118,7 @@ async def _sse(first: dict | None, chunks: AsyncIterator[dict], name: str,
             chunk = await anext(chunks, None)
         yield DONE
     except Exception as err:  # noqa: BLE001 - status is sent: report in-band
-        yield stream_failure(err, name, record)
+        yield sse_event(stream_failure(err, name, record))
     finally:
         await chunks.aclose()
         service._finish(record)

@@ -123,6 +123,18 @@ ModelConfig = Annotated[
 ]
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry spans (server/tracing.py), exported over OTLP/HTTP when enabled."""
+
+    enabled: bool = Field(False, description="export spans to otlp_endpoint")
+    otlp_endpoint: str = Field("http://127.0.0.1:4318/v1/traces",
+                               description="an OTLP/HTTP traces endpoint (the collector's)")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with each "
+                                    "export (e.g. an authorization header for a vendor)")
+    service_name: str = "tandem"
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of traces kept")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -135,6 +147,7 @@ class ServerConfig(_Strict):
     max_logprobs: int = Field(
         20, ge=-1, description="most logprobs/prompt_logprobs per position on /v1/completions "
         "(vLLM's --max-logprobs); -1 allows the whole vocabulary")
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 
 class ApiKeyConfig(_Strict):

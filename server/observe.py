@@ -64,6 +64,8 @@ class GatewayMetrics:
                                        registry=r)
         self.egress_blocks = Counter("tandem_egress_blocks", "Requests blocked before egress",
                                      ["reason"], registry=r)
+        self.embeddings = Counter("tandem_embedding_requests", "POST /v1/embeddings requests "
+                                  "(also in tandem_requests)", ["route", "status"], registry=r)
         self.router_decision = Histogram(
             "tandem_router_decision_seconds", "Policy decision time (rules, embed, score)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r)
@@ -117,6 +119,7 @@ class RequestRecord:
     api_key: object = None  # the ApiKeyConfig that authenticated the request, if any
     private: bool = False  # the request carried private spans
     done: bool = False
+    span: object = None  # the request's OpenTelemetry span (server/tracing.py)
 
     def usage(self, usage: dict | None) -> None:
         if usage:

@@ -40,14 +40,14 @@ class ResponseStore:
     put in a shared store."""
 
     def __init__(self, shared: StateStore | None, max_in_memory: int) -> None:
-        self.shared = shared
+        self.store = shared
         self.local: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
         self.max_in_memory = max_in_memory
 
     async def save(self, response_id: str, record: dict, ttl_s: float, private: bool) -> None:
         raw = orjson.dumps(record)
-        if self.shared is not None and not private:
-            await self.shared.put(f"responses:{response_id}", raw, ttl_s)
+        if self.store is not None and not private:
+            await self.store.put(f"responses:{response_id}", raw, ttl_s)
             return
         if self.max_in_memory <= 0:
             return
@@ -64,8 +64,8 @@ class ResponseStore:
                 raw = held[1]
             else:
                 del self.local[response_id]
-        if raw is None and self.shared is not None:
-            raw = await self.shared.get(f"responses:{response_id}")
+        if raw is None and self.store is not None:
+            raw = await self.store.get(f"responses:{response_id}")
         record = orjson.loads(raw) if raw and raw != _DELETED else None
         return record if record is not None and record.get("key") == key else None
 
@@ -73,8 +73,8 @@ class ResponseStore:
         if await self.load(response_id, key) is None:
             return False
         self.local.pop(response_id, None)
-        if self.shared is not None:
-            await self.shared.put(f"responses:{response_id}", _DELETED, ttl_s)
+        if self.store is not None:
+            await self.store.put(f"responses:{response_id}", _DELETED, ttl_s)
         return True
 
 
@@ -126,7 +126,7 @@ class ResponsesService:
             await self._keep(store, builder, keep, private)
             return Response(orjson.dumps(response), media_type="application/json",
                             headers=headers)
-        events = self._events(answered.body_iterator, builder, store, keep, private)
+        events = self._events(answered.chunks, builder, store, keep, private)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **headers})
 
@@ -141,37 +141,28 @@ class ResponsesService:
                   "messages": keep["messages"] + [assistant_message(response["output"])]}
         await self.store.save(response["id"], record, self.ttl_s, private)
 
-    async def _events(self, chat_sse: AsyncIterator[bytes], builder: ResponseBuilder,
+    async def _events(self, chunks: AsyncIterator[dict | None], builder: ResponseBuilder,
                       store: bool, keep: dict, private: bool) -> AsyncIterator[bytes]:
-        """The chat stream's SSE, re-read chunk by chunk, as Responses events. An
-        in-band chat error (the model failed after the stream began) ends it with
-        ``response.failed``; no ``[DONE]`` (the Responses stream has none)."""
-        for event in builder.opening():
-            yield event
-        buffer = b""
+        """The chat service's chunks as Responses events: ``None`` (the end) closes the
+        items and sends the terminal event; an in-band error (the model failed after the
+        stream began) ends it with ``response.failed``. Events made from one chunk go
+        out in one write, and no ``[DONE]`` (the Responses stream has none)."""
         try:
-            async for piece in chat_sse:
-                buffer += piece if isinstance(piece, bytes) else piece.encode()
-                while b"\n\n" in buffer:
-                    frame, buffer = buffer.split(b"\n\n", 1)
-                    data = frame.removeprefix(b"data: ")
-                    if data == b"[DONE]":
-                        for event in builder.ending():
-                            yield event
-                        await self._keep(store, builder, keep, private)
-                        return
-                    chunk = orjson.loads(data)
-                    if "error" in chunk:
-                        yield builder.failure(chunk["error"])
-                        return
-                    for event in builder.chunk(chunk):
-                        yield event
-            # the chat stream ended without [DONE] or an error: it was cut short
+            yield b"".join(builder.opening())
+            async for chunk in chunks:
+                if chunk is None:
+                    yield b"".join(builder.ending())
+                    await self._keep(store, builder, keep, private)
+                    return
+                if "error" in chunk:
+                    yield builder.failure(chunk["error"])
+                    return
+                events = builder.chunk(chunk)
+                if events:
+                    yield events[0] if len(events) == 1 else b"".join(events)
             yield builder.failure({"code": "server_error", "message": "the stream ended early"})
         finally:
-            close = getattr(chat_sse, "aclose", None)
-            if close is not None:
-                await close()
+            await chunks.aclose()
 
     async def retrieve(self, request: Request) -> Response:
         response_id = request.path_params["response_id"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,6 +65,8 @@ class Sequence:
     prompt_logits: PromptLogits | None = None
     score_from: int = 0  # first prompt position whose logits row goes to prompt_logits
     # engine state
+    reused: int = 0  # prompt tokens whose KV came from the prefix cache (set at admission)
+    admitted_at: float = 0.0  # perf_counter when it got a slot: its queue wait ends here
     seq_id: int = -1
     n_past: int = 0
     fed: list[int] = field(default_factory=list, repr=False)  # tokens whose KV is in the slot
@@ -146,6 +149,8 @@ class BatchEngine:
                 continue
             limit = len(seq.prompt) if seq.prompt_logits is None else seq.score_from
             seq.seq_id, seq.n_past = self._pick_slot(seq.prompt, limit)
+            seq.reused = seq.n_past
+            seq.admitted_at = time.perf_counter()
             seq.fed = list(seq.prompt[: seq.n_past])
             # Plain greedy needs no sampler chain: an argmax over the logits row is
             # ~6x cheaper than llama.cpp's candidate-array copy for a 151k vocabulary.

@@ -12,9 +12,11 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from clients.base import (
     ASSISTANT_PREFIX,
@@ -26,10 +28,15 @@ from clients.base import (
 )
 from clients.errors import ContextLengthExceeded, InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp.batch_engine import BatchEngine, Sequence
+from clients.llama_cpp import chat as chat_shapes
 from clients.llama_cpp import completion, weights
 from clients.llama_cpp.decoding import SamplingParams, grammar_for, sampling_from_body, seeded
 from clients.llama_cpp.weights import Lora
-from clients.llama_cpp.prompt import parse_tool_calls, template_messages, template_supports_tools
+from clients.llama_cpp.prompt import template_messages, template_supports_tools
+from clients.llama_cpp.tools import ToolPlan, tool_plan
+
+_TRACER = trace.get_tracer("tandem")  # no-op spans without a provider (server/tracing.py)
+
 
 class _Loaded:
     """What exists once the model file is loaded (built in the worker thread)."""
@@ -168,26 +175,14 @@ class LlamaCppClient(ChatClient):
         return self._prepare(body)[0]
 
     # -- translation (runs in the worker: it tokenizes) ----------------------------------
-    def _prepare(self, body: ChatBody) -> tuple[list[int], SamplingParams, bool]:
+    def _prepare(self, body: ChatBody) -> tuple[list[int], SamplingParams, ToolPlan | None]:
         m = self._model
         assert m is not None
-        tools = body.get("tools")
-        choice = body.get("tool_choice")
-        use_tools = bool(tools) and choice != "none"
-        if use_tools:
-            if not m.tools_ok:
-                raise InvalidRequest(
-                    f"model '{self.name}' has no tool-calling chat template; "
-                    "send tools to a cloud model", param="tools",
-                )
-            if choice not in (None, "auto"):
-                raise InvalidRequest(
-                    f"tool_choice {choice!r} is not supported by local model '{self.name}' "
-                    "(only 'auto' and 'none')", param="tool_choice",
-                )
+        tools = tool_plan(body, self.name, m.tools_ok)
         try:
             rendered = m.formatter(
-                messages=template_messages(body["messages"]), tools=tools if use_tools else None
+                messages=template_messages(body["messages"]),
+                tools=body["tools"] if tools else None,
             )
         except InvalidRequest:
             raise
@@ -213,22 +208,24 @@ class LlamaCppClient(ChatClient):
             body, wanted if wanted is not None else n_ctx - len(prompt),
             logprobs=bool(body.get("logprobs")), top_logprobs=body.get("top_logprobs") or 0,
             grammar=grammar_for(body.get("response_format")))
-        return prompt, params, use_tools
+        if tools is not None:
+            params.stop = [*params.stop, *tools.stops()]
+        return prompt, params, tools
 
     # -- the bridge to the engine thread ----------------------------------------------------
     async def _run(self, body: ChatBody) -> AsyncIterator[tuple]:
         """Submit the request's ``n`` sequences and relay their events to the event loop.
 
-        Yields ("tools", bool) first, then ("delta", i, Delta) / ("finish", i, reason, n)
-        as they come, then ("usage", prompt_tokens, completion_tokens).
+        Yields ("tools", ToolPlan | None) first, then ("delta", i, Delta) / ("finish", i,
+        reason, n) as they come, then ("usage", prompt_tokens, completion_tokens, cached).
         """
         await self.admit()
         # Template rendering and tokenization are CPU work: off the event loop.
-        prompt, params, use_tools = await asyncio.to_thread(self._prepare, body)
+        prompt, params, tools = await asyncio.to_thread(self._prepare, body)
         n = body.get("n") or 1
         sequences = [Sequence(prompt, seeded(params, index, n), None, None, index=index)
                      for index in range(n)]
-        yield ("tools", use_tools)
+        yield ("tools", tools)
         relay = self.relay(sequences, len(prompt))
         try:
             async for event in relay:
@@ -249,7 +246,9 @@ class LlamaCppClient(ChatClient):
     async def relay(self, sequences: list[Sequence], prompt_tokens: int) -> AsyncIterator[tuple]:
         """Submit ``sequences`` (their ``emit``/``cancel`` are set here) and yield their
         events: ("delta", i, Delta) / ("finish", i, reason, n) as they come, then
-        ("usage", prompt_tokens, completion_tokens). Leaving early cancels the rest."""
+        ("usage", prompt_tokens, completion_tokens, cached_tokens): cached counts, per
+        prompt, the most any of its sequences took from the prefix cache. Leaving early
+        cancels the rest."""
         engine = self._model.engine
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -263,12 +262,16 @@ class LlamaCppClient(ChatClient):
 
         for seq in sequences:
             seq.emit, seq.cancel = emit, cancel
+        parent, submitted, wall_ns = otel_context.get_current(), time.perf_counter(), time.time_ns()
         engine.submit_many(sequences)
         n = len(sequences)
         finished, completion_tokens = 0, 0
         try:
             while finished < n:
                 event = await events.get()
+                if parent is not None:  # the first event: every sequence has its slot
+                    self._trace_queue_wait(sequences, parent, submitted, wall_ns)
+                    parent = None
                 if event[0] == "error":
                     raise UpstreamError(f"local model '{self.name}' failed: {event[1]}",
                                         status=500, retryable=False)
@@ -276,9 +279,22 @@ class LlamaCppClient(ChatClient):
                     finished += 1
                     completion_tokens += event[3]
                 yield event
-            yield ("usage", prompt_tokens, completion_tokens)
+            cached: dict[int, int] = {}  # sequences of one prompt share its token list
+            for seq in sequences:
+                cached[id(seq.prompt)] = max(cached.get(id(seq.prompt), 0), seq.reused)
+            yield ("usage", prompt_tokens, completion_tokens, sum(cached.values()))
         finally:
             cancel.set()  # no-op when all finished; stops the rest when the caller left
+
+    def _trace_queue_wait(self, sequences: list[Sequence], parent, submitted: float,
+                          wall_ns: int) -> None:
+        """The wait for a slot as a span under the upstream attempt that asked (the
+        times are the engine thread's: submitted, and the first admission)."""
+        admitted = min((s.admitted_at for s in sequences if s.admitted_at), default=submitted)
+        span = _TRACER.start_span("tandem.local.queue_wait", context=parent, start_time=wall_ns,
+                                  attributes={"tandem.model": self.name,
+                                              "tandem.sequences": len(sequences)})
+        span.end(end_time=wall_ns + int(max(0.0, admitted - submitted) * 1e9))
 
     def token_text(self, token: int) -> str:
         """One token's text, special tokens spelled out (logprobs, vLLM's decoded_token)."""
@@ -296,104 +312,7 @@ class LlamaCppClient(ChatClient):
         return completion.complete_stream(self, body)
 
     async def chat(self, body: ChatBody) -> dict:
-        n = body.get("n") or 1
-        texts = [[] for _ in range(n)]
-        logprobs: list[list[dict]] = [[] for _ in range(n)]
-        finish: list[str | None] = [None] * n
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        use_tools = False
-        async for event in self._run(body):
-            kind = event[0]
-            if kind == "delta":
-                _, i, delta = event
-                texts[i].append(delta.text)
-                logprobs[i].extend(delta.logprobs)
-            elif kind == "finish":
-                finish[event[1]] = event[2]
-            elif kind == "usage":
-                usage = _usage(event[1], event[2])
-            elif kind == "tools":
-                use_tools = bool(event[1])
-        choices = []
-        for i in range(n):
-            text = "".join(texts[i])
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            reason = finish[i]
-            if use_tools:
-                content, calls = parse_tool_calls(text, _tool_names(body))
-                if calls:
-                    message = {"role": "assistant", "content": content, "tool_calls": calls}
-                    reason = "tool_calls"
-            choices.append({
-                "index": i,
-                "message": message,
-                "logprobs": {"content": logprobs[i]} if body.get("logprobs") else None,
-                "finish_reason": reason,
-            })
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": choices,
-            "usage": usage,
-        }
+        return await chat_shapes.chat(self, body)
 
-    async def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        want_lp = bool(body.get("logprobs"))
-        tools_active = bool(body.get("tools")) and body.get("tool_choice") != "none"
-        held: dict[int, list[str]] = {}
-        began: set[int] = set()
-
-        def chunk(index: int, delta: dict, finish: str | None = None, lp=None) -> dict:
-            return {
-                "id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": self.name,
-                "choices": [{"index": index, "delta": delta,
-                             "logprobs": {"content": lp} if want_lp and lp is not None else None,
-                             "finish_reason": finish}],
-            }
-
-        async for event in self._run(body):
-            kind = event[0]
-            if kind == "delta":
-                _, i, delta = event
-                if i not in began:
-                    began.add(i)
-                    yield chunk(i, {"role": "assistant", "content": ""})
-                if tools_active:  # tool calls are parsed from the whole answer
-                    held.setdefault(i, []).append(delta.text)
-                    continue
-                yield chunk(i, {"content": delta.text}, lp=delta.logprobs)
-            elif kind == "finish":
-                _, i, reason, _ = event
-                if i not in began:
-                    began.add(i)
-                    yield chunk(i, {"role": "assistant", "content": ""})
-                if tools_active:
-                    content, calls = parse_tool_calls("".join(held.get(i, [])), _tool_names(body))
-                    if calls:
-                        if content:
-                            yield chunk(i, {"content": content})
-                        yield chunk(i, {"tool_calls": [
-                            {"index": k, **call} for k, call in enumerate(calls)
-                        ]})
-                        reason = "tool_calls"
-                    elif content:
-                        yield chunk(i, {"content": content})
-                yield chunk(i, {}, reason)
-            elif kind == "usage":
-                yield {
-                    "id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": self.name, "choices": [], "usage": _usage(event[1], event[2]),
-                }
-
-
-def _tool_names(body: ChatBody) -> set[str]:
-    return {t["function"]["name"] for t in body.get("tools") or []}
-
-
-def _usage(prompt: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    def chat_stream(self, body: ChatBody) -> AsyncIterator[dict]:
+        return chat_shapes.chat_stream(self, body)

@@ -93,7 +93,9 @@ class UpstreamError(TandemError):
         headers: dict[str, str] | None = None,
         type: str | None = None,
         param: str | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message, status=status, code=code, headers=headers, type=type, param=param)
         self.retryable = retryable
         self.started = started
+        self.upstream_status = upstream_status  # the upstream's own HTTP status, if it sent one

@@ -159,10 +159,11 @@ class OpenAIClient(ChatClient):
         if status in (401, 403):
             return UpstreamError(f"{where} refused the gateway's credentials (HTTP {status})")
         if status == 404:
-            return UpstreamError(f"{where} answered 404: {message}")
+            return UpstreamError(f"{where} answered 404: {message}", upstream_status=404)
         if status == 504 or status == 408:
             return UpstreamError(f"{where} timed out (HTTP {status}): {message}", status=504)
-        return UpstreamError(f"{where} failed with HTTP {status}: {message}", status=502)
+        return UpstreamError(f"{where} failed with HTTP {status}: {message}", status=502,
+                             upstream_status=status)
 
     def _transport_error(self, err: BaseException) -> UpstreamError:
         where = f"upstream '{self.name}' ({self.origin})"
@@ -237,7 +238,15 @@ class OpenAIClient(ChatClient):
     async def embed(self, body: ChatBody) -> dict:
         """Embeddings, passed through to the upstream's ``/embeddings`` (``dimensions`` and
         ``encoding_format`` included) by the same send path, so the guard checks them."""
-        return await self._call(body, self._embeddings_url, expect="data")
+        try:
+            return await self._call(body, self._embeddings_url, expect="data")
+        except UpstreamError as err:
+            if err.upstream_status in (404, 405, 501):  # a chat-only upstream
+                raise InvalidRequest(f"model '{self.name}' cannot embed: its upstream "
+                                     f"({self.origin}) does not serve /embeddings "
+                                     f"(HTTP {err.upstream_status})", param="model",
+                                     code="embeddings_unsupported") from None
+            raise
 
     async def _call(self, body: ChatBody, url: str, expect: str = "choices") -> dict:
         resp = await self._send(body, url)

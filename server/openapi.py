@@ -1,4 +1,5 @@
-"""The OpenAPI document, including the chat route (a plain Starlette route for speed)."""
+"""The OpenAPI document, including the plain Starlette routes (chat, completions,
+responses, embeddings: they validate their own bodies, for speed)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from server.completion_schema import CompletionRequest
+from server.embeddings import EmbeddingRequest
+from server.responses_schema import ResponsesRequest
 from server.schemas import ChatCompletionRequest
 
 _ERROR = {"description": "OpenAI error object",
@@ -18,41 +21,44 @@ _ERROR_SCHEMA = {
 }
 
 
+# The plain Starlette routes (they validate their own bodies), documented from their schemas.
+_OPERATIONS = (
+    ("/v1/chat/completions", "create_chat_completion",
+     "Create a chat completion (JSON, or server-sent events with stream)", ChatCompletionRequest),
+    ("/v1/completions", "create_completion",
+     "Create a legacy completion: raw prompt or token ids, logprobs, echo, vLLM's "
+     "prompt_logprobs (JSON, or server-sent events with stream)", CompletionRequest),
+    ("/v1/responses", "create_response",
+     "Create a response (Responses API, bridged through chat; typed server-sent events "
+     "with stream)", ResponsesRequest),
+    ("/v1/embeddings", "create_embedding",
+     "Embed text or token ids (local llama.cpp, or passed through to the upstream)",
+     EmbeddingRequest),
+)
+
+
 def install_openapi(app: FastAPI, model_names: list[str]) -> None:
     def build() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        request = ChatCompletionRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}", by_alias=True)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request.pop("$defs", {}))
-        # The names this gateway answers to (anything else is a 404 model_not_found).
-        request["properties"]["model"]["enum"] = model_names
-        components["ChatCompletionRequest"] = request
+        for path, op_id, summary, model in _OPERATIONS:
+            request = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                              by_alias=True)
+            components.update(request.pop("$defs", {}))
+            # The names this gateway answers to (anything else is a 404 model_not_found).
+            request["properties"]["model"]["enum"] = model_names
+            components[model.__name__] = request
+            schema["paths"][path] = {"post": {
+                "summary": summary, "operationId": op_id,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
+                "responses": {"200": {"description": "JSON, or text/event-stream with stream"},
+                              **{str(s): _ERROR for s in (400, 403, 404, 413, 429, 502, 503,
+                                                         504)}},
+            }}
         components["Error"] = _ERROR_SCHEMA
-        legacy = CompletionRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}", by_alias=True)
-        components.update(legacy.pop("$defs", {}))
-        legacy["properties"]["model"]["enum"] = model_names
-        components["CompletionRequest"] = legacy
-        schema["paths"]["/v1/completions"] = {"post": {
-            "summary": "Create a legacy completion: raw prompt or token ids, logprobs, echo, "
-                       "vLLM's prompt_logprobs (JSON, or server-sent events with stream)",
-            "operationId": "create_completion",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/CompletionRequest"}}}},
-            "responses": {"200": {"description": "text_completion, or text/event-stream"},
-                          **{str(s): _ERROR for s in (400, 404, 413, 429, 502, 503, 504)}},
-        }}
-        schema["paths"]["/v1/chat/completions"] = {"post": {
-            "summary": "Create a chat completion (JSON, or server-sent events with stream)",
-            "operationId": "create_chat_completion",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}},
-            "responses": {"200": {"description": "chat.completion, or text/event-stream"},
-                          **{str(s): _ERROR for s in (400, 404, 413, 429, 502, 503, 504)}},
-        }}
         app.openapi_schema = schema
         return schema
 

@@ -366,3 +366,12 @@ def test_embedding_requests_are_counted(gw):
     assert 'tandem_embedding_requests_total{route="none",status="400"}' in metrics
     assert 'tandem_embedding_requests_total{route="local",status="cancelled"}' in metrics
     assert 'tandem_requests_total{model="local",route="local",status="200"}' in metrics
+
+
+def test_a_chat_only_upstream_is_a_clear_400(client):
+    """An upstream without /embeddings (the fault upstream answers 404 there) is the
+    caller's wrong model, not a gateway failure."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="flaky-solo", input="hello")
+    assert err.value.body["code"] == "embeddings_unsupported"
+    assert err.value.body["param"] == "model"

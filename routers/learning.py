@@ -134,6 +134,25 @@ def _gate_score(scorer, gate: list[dict], dim: int, imputer: Imputer,
 _WORKER: dict = {}  # per worker process: embedded shipped labels, loaded checkpoints
 
 
+def worker_init(niceness: int) -> None:
+    """The retrain worker's start: lower priority (serving keeps the cores first), and an
+    exit when the gateway that started it is gone (a killed gateway cannot shut its pool
+    down, and an orphan would hold memory and CPU for good)."""
+    import os
+    import threading
+    import time
+
+    os.nice(niceness)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def retrain_job(kind: str, version: int, path: str, labels: list[bytes],
                 base_labels: str | None, cfg: dict, embedder_name: str,
                 recent: list[bytes]) -> dict:

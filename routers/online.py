@@ -18,7 +18,6 @@ import asyncio
 import collections
 import logging
 import multiprocessing
-import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -302,7 +301,7 @@ class LiveRouter(Router):
         if self._executor is None:
             self._executor = ProcessPoolExecutor(  # niced: serving keeps the cores first
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=os.nice, initargs=(15,))
+                initializer=learning.worker_init, initargs=(15,))
         cfg = self.learning_cfg
         base = cfg.base_labels or learning.labels_of(self.base.source)
         job = (self.kind, self.current.version, self.current.path, labels, base,

@@ -65,6 +65,10 @@ def gateway_config(local_model_path: Path, cloud_url: str, fault_url: str) -> di
         },
         "routing": {"default": "local", "fallback": ["flaky", "local"],
                     "aliases": {"fast": "local"}},
+        # Many modules share this gateway: sticky privacy would make a name one test sent
+        # private for every later test (any case), and outcomes depend on their order.
+        # It is tested on gateways of its own (test_privacy_memory.py).
+        "privacy": {"memory": {"enabled": False}},
     }
 
 

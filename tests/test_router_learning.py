@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -282,3 +283,39 @@ def test_a_judge_model_labels_answers_nobody_rated(local_model_path, cloud_serve
         assert r.status_code == 200 and r.json()["labels"] == 2
     finally:
         gw.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_killed_gateway_leaves_no_retrain_worker(local_model_path, cloud_server, workdir):
+    """SIGKILL gives the gateway no chance to shut its worker pool down: the retrain
+    worker notices its parent is gone and exits (an orphan would hold memory for good)."""
+    gw = start_learning_gateway("orphan", local_model_path, cloud_server.url + "/v1",
+                                workdir, learning={"retrain_every": 2})
+    try:
+        for i in range(2):
+            headers, _ = ask(gw, f"{EASY[i]} (orphan {i})")
+            assert post(gw, "/v1/tandem/feedback", {"request_id": headers["x-request-id"],
+                                                    "score": 1.0}).status_code == 200
+        _wait_retrain(gw, 2)
+        workers = _children(gw.proc.pid)
+        assert workers, "the retrain ran in no worker process"
+    finally:
+        gw.proc.kill()
+        gw.proc.wait(10)
+        gw.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.2)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], workers

@@ -67,10 +67,10 @@ NATIONAL_ID_PATTERNS: tuple[Pattern, ...] = (
         r"(?<![\d+-])[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[ABab])"
         r" ?\d{3} ?\d{3}"
         r" ?\d{2}(?![\d-])"), _nir, hint=DIGIT),  # FR NIR
-    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )[2-9]\d{3}([ -])"
+    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )(?<!\d\) )[2-9]\d{3}([ -])"
                                       r"\d{4}\1\d{4}(?![\d-]|\1\d{4})"),
             _verhoeff, hint=DIGIT),  # IN Aadhaar
-    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )[1-79]\d{2}([ -])"
+    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )(?<!\d\) )[1-79]\d{2}([ -])"
                                       r"\d{3}\1\d{3}(?![\d-]|\1\d{3})"),
             _sin, hint=DIGIT),  # CA SIN
     Pattern("NATIONAL_ID", re.compile(

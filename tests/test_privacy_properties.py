@@ -255,3 +255,10 @@ def test_a_number_after_a_number():
     assert kind_of("+1 415 555 0132", "+1 415 555 0132 42 times") == "PHONE"
     assert kind_of("4111 1111 1111 1111", "card 4111 1111 1111 1111 42") == "CARD"
     assert kind_of("DE89 3704 0044 0532 0130 00", "DE89 3704 0044 0532 0130 00 42") == "IBAN"
+
+
+def test_a_phone_with_a_bracketed_area_code_is_a_phone():
+    """Found by the property above: the grouped digits after ``+49 (10)`` passed as a
+    Canadian SIN (Luhn), which hid the phone number around them."""
+    assert kind_of("+49 (10) 100 000 033", "+49 (10) 100 000 033") == "PHONE"
+    assert kind_of("130 692 544", "my SIN (130 692 544) is") == "NATIONAL_ID"

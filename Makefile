@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CLOUD_PORT ?= 8001
 
-.PHONY: serve test venv models sysdeps bench clean router-labels deploy-test
+.PHONY: serve test venv models sysdeps benchdeps bench clean router-labels deploy-test
 
 venv: $(STAMP)
 
@@ -57,10 +57,15 @@ $(BENCH_VENV)/bin/litellm:
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q 'litellm[proxy]'
 
-bench: venv models $(BENCH_VENV)/bin/litellm
+# Benchmark-only system tools: wrk (the compiled load generator of bench/wrk_load.py).
+benchdeps:
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends wrk; }
+
+bench: venv models benchdeps $(BENCH_VENV)/bin/litellm
 	$(BIN)/python bench/local_stream.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/local_concurrency.py
+	$(BIN)/python bench/wrk_load.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/faults.py
 

@@ -1,13 +1,19 @@
-"""Concurrent local streams: Tandem's batch engine vs llama_cpp.server vs the raw ceiling.
+"""Concurrent local streams: Tandem's batch engine vs llama.cpp's llama-server vs
+llama_cpp.server vs the raw ceiling.
 
 At concurrency 1, 2, 4, 8 (distinct prompts, greedy, ``--max-tokens`` each), in one run:
 - Tandem (one gateway, the model in-process, ``parallel: 8``);
+- llama.cpp's own ``llama-server`` (``-np 8``, continuous batching, 4,096 context per
+  slot), built from the llama.cpp source the Python binding vendors
+  (bench/build_llama_server.sh): the anchor a user would pick instead. The same client
+  (httpx, each SSE line parsed with orjson) reads both, so the load generator's own CPU
+  is counted on both sides;
 - llama-cpp-python's own server, ``interrupt_requests`` off (it serialises) and default
   (a new request interrupts the running one);
 - the ceiling: a plain loop over llama.cpp's batch API (same weights, one decode per step
   for all sequences, greedy by argmax), prefill included as for the servers.
-Tandem and the ceiling alternate ``--reps`` times per level (medians reported), so that
-drift of a shared machine hits both alike; the worst TTFT and drops are over all runs.
+Tandem, llama-server and the ceiling take turns ``--reps`` times per level (medians
+reported), so that drift of a shared machine hits all alike; the worst TTFT and drops are over all runs.
 Aggregate tokens/s = all streams' tokens / wall time from the first request to the last
 token. A stream is "dropped" when it errors or ends without a finish_reason.
 
@@ -34,6 +40,7 @@ from clients.model_store import resolve
 from tests.support.servers import ServerProcess, free_port, start_gateway
 
 LEVELS = (1, 2, 4, 8)
+ANCHOR = "llama-server -np 8"
 TOPICS = ["rivers", "volcanoes", "the printing press", "bees", "glaciers", "compilers",
           "the moon", "bridges"]
 
@@ -121,6 +128,20 @@ def ceiling(llm, prompts: list[list[int]], max_tokens: int) -> tuple[float, list
         ctx.close()
 
 
+def start_llama_cpp_server_bin(path: Path, tmp: Path) -> ServerProcess:
+    """llama.cpp's llama-server, built (once, cached) by bench/build_llama_server.sh."""
+    import subprocess
+
+    binary = subprocess.run(["bench/build_llama_server.sh", sys.executable], check=True,
+                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    port = free_port()
+    return ServerProcess(
+        [binary, "-m", str(path), "--port", str(port), "--host", "127.0.0.1", "-np", "8",
+         "-c", str(4096 * 8), "-t", str(os.cpu_count()), "--cont-batching", "-a", "local",
+         "--no-webui"],
+        port, "/v1/models", tmp / "llama-server.log", timeout_s=120)
+
+
 def start_llama_server(path: Path, tmp: Path, interrupt: bool) -> ServerProcess:
     port = free_port()
     return ServerProcess(
@@ -158,31 +179,39 @@ def main() -> None:
     gw = start_gateway({"models": {"local": {"backend": "llama_cpp", "model": str(path),
                                              "n_ctx": 4096, "parallel": 8}},
                         "routing": {"default": "local"}}, tmp)
+    anchor = start_llama_cpp_server_bin(path, tmp)
     try:
         asyncio.run(level(gw.url, "local", 1, 4))  # warm-up
+        asyncio.run(level(anchor.url, "local", 1, 4))
         for i in range(max(LEVELS)):  # each prompt alone: the reference outputs
             alone[i] = level_one(gw.url, i, args.max_tokens)
         for c in LEVELS:
-            # Tandem and the ceiling alternate, so machine drift hits both alike.
-            runs, ceil_runs = [], []
+            # Tandem, llama-server and the ceiling take turns: machine drift hits all alike.
+            runs, ceil_runs, anchor_runs = [], [], []
             for _ in range(args.reps):
                 time.sleep(1.0)  # let the other side's worker threads go idle
                 results = asyncio.run(level(gw.url, "local", c, args.max_tokens))
                 runs.append(summarise(results, count))
+                time.sleep(1.0)
+                anchor_runs.append(summarise(
+                    asyncio.run(level(anchor.url, "local", c, args.max_tokens)), count))
                 time.sleep(1.0)
                 rate, outs = ceiling(llm, prompts[:c], args.max_tokens)
                 ceil_runs.append(rate)
                 raw_same[c] = all(outs[i] == raw_alone[i] for i in range(c))
                 if c == max(LEVELS):
                     together = {i: r["text"] for i, r in enumerate(results)}
-            table[("tandem", c)] = sorted(runs, key=lambda r: r["agg"])[len(runs) // 2]
             table[("ceiling (raw batch loop)", c)] = {
                 "agg": float(np.median(ceil_runs)), "ttft_p50": float("nan"),
                 "ttft_max": float("nan"), "dropped": 0}
-            table[("tandem", c)]["dropped"] = max(r["dropped"] for r in runs)
-            table[("tandem", c)]["ttft_max"] = max(r["ttft_max"] for r in runs)
+            for name, rs in (("tandem", runs), (ANCHOR, anchor_runs)):
+                table[(name, c)] = dict(sorted(rs, key=lambda r: r["agg"])[len(rs) // 2])
+                table[(name, c)]["dropped"] = max(r["dropped"] for r in rs)
+                table[(name, c)]["ttft_max"] = max(r["ttft_max"] for r in rs)
+                table[(name, c)]["aggs"] = [r["agg"] for r in rs]
     finally:
         gw.stop()
+        anchor.stop()
     for interrupt in (False, True):
         name = f"llama_cpp.server interrupt={'on' if interrupt else 'off'}"
         server = start_llama_server(path, tmp, interrupt)
@@ -194,8 +223,8 @@ def main() -> None:
         finally:
             server.stop()
 
-    names = ["tandem", "llama_cpp.server interrupt=off", "llama_cpp.server interrupt=on",
-             "ceiling (raw batch loop)"]
+    names = ["tandem", ANCHOR, "llama_cpp.server interrupt=off",
+             "llama_cpp.server interrupt=on", "ceiling (raw batch loop)"]
     rows = []
     for name in names:
         one = table[(name, 1)]["agg"]
@@ -213,6 +242,10 @@ def main() -> None:
     print("the raw batch loop itself, batched vs alone, identical at "
           + ", ".join(f"{c} streams: {raw_same[c]}" for c in LEVELS))
     t = {c: table[("tandem", c)]["agg"] for c in LEVELS}
+    ls = {c: table[(ANCHOR, c)]["agg"] for c in LEVELS}
+    print("tandem / llama-server aggregate, per rep: " + "; ".join(
+        f"{c} streams " + ", ".join(f"{a / b:.2f}" for a, b in zip(
+            table[("tandem", c)]["aggs"], table[(ANCHOR, c)]["aggs"])) for c in LEVELS))
     ceil = {c: table[("ceiling (raw batch loop)", c)]["agg"] for c in LEVELS}
     emit_json({
         "bench": "local_concurrency",
@@ -220,6 +253,13 @@ def main() -> None:
         "ceiling_speedup_4": round(ceil[4] / ceil[1], 3),
         "ceiling_speedup_8": round(ceil[8] / ceil[1], 3),
         "tandem_agg_4": round(t[4], 1), "tandem_agg_8": round(t[8], 1),
+        "llama_server_agg_1": round(ls[1], 1), "llama_server_agg_4": round(ls[4], 1),
+        "llama_server_agg_8": round(ls[8], 1), "tandem_agg_1": round(t[1], 1),
+        "ratio_to_llama_server_4": round(t[4] / ls[4], 3),
+        "ratio_to_llama_server_8": round(t[8] / ls[8], 3),
+        "llama_server_worst_ttft_4_s": round(table[(ANCHOR, 4)]["ttft_max"], 3),
+        "llama_server_worst_ttft_8_s": round(table[(ANCHOR, 8)]["ttft_max"], 3),
+        "worst_ttft_8_s": round(table[("tandem", 8)]["ttft_max"], 3),
         "ceiling_agg_4": round(ceil[4], 1), "ceiling_agg_8": round(ceil[8], 1),
         "ratio_to_ceiling_4": round(t[4] / ceil[4], 3),
         "ratio_to_ceiling_8": round(t[8] / ceil[8], 3),

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 
 from clients.errors import InvalidRequest
-from server.schemas import StreamOptions, _Open, _param_of
+from server.schemas import StreamOptions, _Open, first_error
 
 TokenId = Annotated[int, Field(ge=0)]
 MAX_CHOICES = 128  # prompts x n, the sequences one request may start
@@ -81,17 +81,10 @@ def validate_completion_request(body: Any, max_logprobs: int) -> CompletionReque
     try:
         req = CompletionRequest.model_validate(body)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        param = _param_of(first["loc"]) or None
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            msg = "field required"
-        head = msg.partition(":")[0]
-        if param is None and head in CompletionRequest.model_fields:
-            param = head  # a cross-field rule names its field first
+        param, msg, kind = first_error(err, CompletionRequest.model_fields)
         if param and param.startswith("prompt") and param != "prompt_logprobs":
             param = "prompt"
-            if first["type"] != "value_error":
+            if kind != "value_error":
                 msg = ("prompt: must be a string, a list of token ids (integers >= 0), or a "
                        "list of strings or of token-id lists")
         where = f"'{param}': " if param and not msg.startswith(param) else ""

@@ -34,7 +34,7 @@ from clients.errors import InvalidRequest, TandemError, UpstreamError
 from privacy.guard import EgressBlocked
 from server.chat import _headers
 from server.observe import RequestRecord
-from server.schemas import _Open, _param_of
+from server.schemas import _Open, first_error
 
 TokenId = Annotated[int, Field(ge=0)]
 MAX_INPUTS = 2048  # per request, as OpenAI
@@ -72,17 +72,10 @@ def validate_embedding_request(body: Any) -> EmbeddingRequest:
     try:
         return EmbeddingRequest.model_validate(body)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        param = _param_of(first["loc"]) or None
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            msg = "field required"
-        head = msg.partition(":")[0]
-        if param is None and head in EmbeddingRequest.model_fields:
-            param = head  # a cross-field rule names its field first
+        param, msg, kind = first_error(err, EmbeddingRequest.model_fields)
         if param and param.startswith("input"):
             param = "input"
-            if first["type"] != "value_error":
+            if kind != "value_error":
                 msg = _INPUT_SHAPES
         where = f"'{param}': " if param and not msg.startswith(param) else ""
         raise InvalidRequest(f"Invalid request: {where}{msg}", param=param) from None

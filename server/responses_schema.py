@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clients.base import GATEWAY_FIELDS
 from clients.errors import InvalidRequest
-from server.schemas import _param_of
+from server.schemas import first_error
 
 # Responses fields this module translates (everything else passes into the chat body,
 # as vendor extensions do on /v1/chat/completions).
@@ -145,10 +145,9 @@ _ITEMS = {"message": MessageItem, "function_call": FunctionCallItem,
 
 
 def _fail(err: ValidationError, prefix: str = "") -> InvalidRequest:
-    first = err.errors(include_url=False)[0]
-    param = prefix + _param_of(first["loc"]) if first["loc"] else (prefix.rstrip(".") or None)
-    msg = "field required" if first["type"] == "missing" else first["msg"].removeprefix(
-        "Value error, ")
+    """The first problem as a 400; ``prefix`` places a nested item (``input[2].``)."""
+    param, msg, _ = first_error(err)
+    param = prefix + param if param else (prefix.rstrip(".") or None)
     return InvalidRequest(f"Invalid request: '{param}': {msg}" if param else
                           f"Invalid request: {msg}", param=param)
 

@@ -154,6 +154,22 @@ def _param_of(loc: tuple) -> str:
     return out
 
 
+def first_error(err: ValidationError, fields=()) -> tuple[str | None, str, str]:
+    """(param, message, pydantic type) of a validation error's first problem, as OpenAI
+    errors name them: the field path, the message without pydantic's "Value error, "
+    ("field required" for a missing field). A cross-field rule names its field first
+    ("prompt: ..."): that field becomes the param when it is one of ``fields``."""
+    first = err.errors(include_url=False)[0]
+    param = _param_of(first["loc"]) or None
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        msg = "field required"
+    head = msg.partition(":")[0]
+    if param is None and head in fields:
+        param = head
+    return param, msg, first["type"]
+
+
 def validate_chat_request(body: Any) -> ChatCompletionRequest:
     """Validate a parsed JSON body; raise ``InvalidRequest`` naming the first bad field."""
     if not isinstance(body, dict):
@@ -161,11 +177,7 @@ def validate_chat_request(body: Any) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        param = _param_of(first["loc"]) or None
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            msg = "field required"
+        param, msg, _ = first_error(err)
         count = err.error_count()
         more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
         where = f"'{param}': " if param else ""

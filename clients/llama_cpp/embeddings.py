@@ -30,7 +30,7 @@ from clients.base import ChatBody, register_embedder
 from clients.errors import InvalidRequest, Overloaded, UpstreamError
 from clients.llama_cpp import weights
 from clients.llama_cpp.client import LlamaCppClient
-from clients.llama_cpp.internals import batch_add, batch_clear
+from clients.llama_cpp.internals import batch_add, batch_clear, context_params, open_context
 
 MAX_SEQS = 64  # inputs per window (llama.cpp allows up to 256 sequences in one context)
 EMBED_BATCH = 256  # tokens per decode: llama.cpp reserves 256 x vocabulary floats (150 MB)
@@ -41,27 +41,14 @@ _SHARED: dict[tuple, "LlamaEmbedder"] = {}  # (weights, adapter, n_ctx) -> its e
 
 def _embedding_context(llm, n_ctx: int, n_batch: int, n_threads: int, lora=None):
     """A context on ``llm``'s weights that returns each token's final hidden state: one
-    window of ``n_ctx`` cells shared by up to ``MAX_SEQS`` sequences. Like
-    internals.new_parallel_context, with the embedding parameters it does not set."""
+    window of ``n_ctx`` cells shared by up to ``MAX_SEQS`` sequences."""
     import llama_cpp
-    from llama_cpp import _internals
 
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = n_batch
-    params.n_ubatch = n_batch
-    params.n_seq_max = MAX_SEQS
+    params = context_params(n_ctx, MAX_SEQS, n_batch, n_threads)
     params.kv_unified = True
-    params.n_threads = n_threads
-    params.n_threads_batch = n_threads
     params.embeddings = True
     params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE  # pooled here, see _embed_now
-    params.no_perf = True
-    ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-    if lora is not None:
-        weights.apply_adapter(ctx, lora)
-    batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
-    return ctx, batch
+    return open_context(llm, params, n_batch, 1, lora)
 
 
 class _Cancelled(Exception):

@@ -30,26 +30,40 @@ def new_parallel_context(llm: llama_cpp.Llama, n_ctx_per_seq: int, n_seq: int, n
     ``flash_attn`` None lets llama.cpp choose; False matches ``Llama()``'s default numerics
     (flash attention on the CPU accumulates in f16: logits move by ~1e-2). ``lora`` (a
     ``weights.Lora``) is applied to this context only."""
-    from clients.llama_cpp.weights import apply_adapter
+    params = context_params(n_ctx_per_seq * n_seq, n_seq, n_batch, n_threads)
+    params.kv_unified = False
+    if flash_attn is not None:
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    return open_context(llm, params, n_batch, n_seq, lora)
 
-    from llama_cpp import _internals
 
+def context_params(n_ctx: int, n_seq: int, n_batch: int, n_threads: int):
+    """llama.cpp context parameters for batched work: ``n_ctx`` cells in all for up to
+    ``n_seq`` sequences, decodes of up to ``n_batch`` tokens in one ubatch."""
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx_per_seq * n_seq
+    params.n_ctx = n_ctx
     params.n_batch = n_batch
     params.n_ubatch = n_batch
     params.n_seq_max = n_seq
     params.n_threads = n_threads
     params.n_threads_batch = n_threads
-    params.kv_unified = False
     params.no_perf = True
-    if flash_attn is not None:
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    return params
+
+
+def open_context(llm: llama_cpp.Llama, params, n_batch: int, batch_seqs: int, lora=None):
+    """A context with ``params`` on ``llm``'s weights (``lora`` applied to it alone) and a
+    batch of ``n_batch`` tokens, each in up to ``batch_seqs`` sequences."""
+    from clients.llama_cpp.weights import apply_adapter
+
+    from llama_cpp import _internals
+
     ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
     if lora is not None:
         apply_adapter(ctx, lora)
-    batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=n_seq, verbose=False)
+    batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=batch_seqs,
+                                  verbose=False)
     return ctx, batch
 
 

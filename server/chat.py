@@ -26,7 +26,7 @@ from routers.rules import RouteContext
 from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
 from server.schemas import validate_chat_request
-from server.tracing import TRACER, child, span_attributes
+from server.tracing import TRACER, annotate, child, event
 
 log = logging.getLogger("tandem.chat")
 
@@ -90,10 +90,10 @@ class ChatService:
         self.inflight -= 1
         record.finish(self.metrics)
         if record.span is not None:
-            record.span.set_attributes(span_attributes(
-                route=record.route, status=str(record.status), rule=record.rule,
-                prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-                private=record.private, stream=record.stream))
+            annotate(record.span, route=record.route, status=str(record.status),
+                     rule=record.rule, prompt_tokens=record.prompt_tokens,
+                     completion_tokens=record.completion_tokens, private=record.private,
+                     stream=record.stream)
             if record.status not in (200, "200"):
                 record.span.set_status(trace.Status(trace.StatusCode.ERROR, str(record.status)))
             record.span.end()
@@ -113,8 +113,9 @@ class ChatService:
         ``state``; other APIs bridged through chat (/v1/responses) call this too."""
         record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
                                api_key=state.get("api_key"))
-        record.span = TRACER.start_span("tandem.chat", attributes=span_attributes(
-            request_id=record.request_id, key=getattr(record.api_key, "name", None)))
+        record.span = TRACER.start_span("tandem.chat")
+        annotate(record.span, request_id=record.request_id,
+                 key=getattr(record.api_key, "name", None))
         self.inflight += 1
         try:
             response = await self._handle(body, record)
@@ -135,14 +136,13 @@ class ChatService:
                                      f"{err}") from None
         validated = validate_chat_request(body)
         record.model = validated.model
-        record.span.set_attribute("tandem.model", validated.model)
+        annotate(record.span, model=validated.model)
         prepared, ctx = await self.context(body, validated.model, record)
         started = time.perf_counter()
         with trace.use_span(child(record.span, "tandem.route"), end_on_exit=True) as span:
             decision = await self.policy.route(validated.model, body, ctx)
-            span.set_attributes(span_attributes(
-                model=decision.model, rule=decision.rule, p_strong=decision.score,
-                threshold=decision.threshold, explored=decision.explored))
+            annotate(span, model=decision.model, rule=decision.rule, p_strong=decision.score,
+                     threshold=decision.threshold, explored=decision.explored)
         if self.metrics is not None:
             self.metrics.router_decision.observe(time.perf_counter() - started)
             if decision.threshold is not None and validated.model == POLICY_NAME:
@@ -182,8 +182,7 @@ class ChatService:
                 prepared = await self.privacy.prepare(body, key, record.request_id,
                                                       remember=not dry_run)
                 if prepared is not None:
-                    span.set_attributes(span_attributes(
-                        mode=prepared.mode, private_spans=len(prepared.plan.spans)))
+                    annotate(span, mode=prepared.mode, private_spans=len(prepared.plan.spans))
         ctx = RouteContext(body, key_name=getattr(key, "name", None),
                            key_cloud_fraction=getattr(key, "cloud_fraction", None),
                            private=bool(prepared is not None and prepared.plan.private),
@@ -227,9 +226,8 @@ class ChatService:
     def _fell_back(self, chain: tuple[str, ...], i: int, err: UpstreamError, stage: str,
                    record: RequestRecord) -> str:
         log.warning("model %s failed (%s): %s", chain[i], stage, err.message)
-        if record.span is not None:
-            record.span.add_event("tandem.fallback", span_attributes(
-                failed=chain[i], next=chain[i + 1], stage=stage, status=err.status))
+        event(record.span, "tandem.fallback", failed=chain[i], next=chain[i + 1], stage=stage,
+              status=err.status)
         if self.metrics is not None:
             self.metrics.fallbacks.labels(chain[i], chain[i + 1], stage).inc()
         return f"fallback after '{chain[i]}' failed ({err.status})"

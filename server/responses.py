@@ -109,14 +109,14 @@ class ResponsesService:
             history = previous["messages"]
             if "private_context" in previous and "private_context" not in body:
                 body = {**body, "private_context": previous["private_context"]}
-        chat = chat_body(req, body, history)
+        conversation = history + input_messages(req.input)
+        chat = chat_body(req, body, conversation)
         store = req.store is not False
         builder = ResponseBuilder(req, chat, new_id("resp"), store,
                                   logprobs=bool(chat.get("logprobs")))
         answered, record = await self.holder.current.service.handle_body(
             chat, request.scope.get("state", {}))
         headers = {k: v for k, v in answered.headers.items() if k.startswith("x-tandem-")}
-        conversation = history + input_messages(req.input)
         keep = {"key": key, "messages": conversation}
         if "private_context" in body:  # continued with it, in this process only
             keep["private_context"] = body["private_context"]

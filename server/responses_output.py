@@ -108,6 +108,7 @@ class ResponseBuilder:
         self.text: list[str] = []
         self.text_logprobs: list[dict] = []
         self.calls: dict[int, dict] = {}  # chat tool-call index -> open function_call item
+        self._at: dict[str, int] = {}  # item id -> its output index
         self.finish: str | None = None
 
     # -- whole ---------------------------------------------------------------------
@@ -170,10 +171,9 @@ class ResponseBuilder:
     def _text_delta(self, text: str, chat_lp: dict | None) -> list[bytes]:
         out: list[bytes] = []
         if self.text_item is None:
-            self.text_item = _message_item(new_id("msg"), "", [], "in_progress")
-            self.text_item["content"] = []
-            self.response["output"].append(self.text_item)
-            index = len(self.response["output"]) - 1
+            self.text_item = {**_message_item(new_id("msg"), "", [], "in_progress"),
+                              "content": []}
+            index = self._add(self.text_item)
             out.append(self._emit("response.output_item.added", output_index=index,
                                   item=self.text_item))
             out.append(self._emit("response.content_part.added", item_id=self.text_item["id"],
@@ -196,9 +196,8 @@ class ResponseBuilder:
             item = _call_item(new_id("fc"), call.get("id") or new_id("call"),
                               fn.get("name") or "", "", "in_progress")
             self.calls[index] = item
-            self.response["output"].append(item)
             out.append(self._emit("response.output_item.added",
-                                  output_index=self._index(item), item=dict(item)))
+                                  output_index=self._add(item), item=dict(item)))
         elif fn.get("name"):
             item["name"] += fn["name"]
         if fn.get("arguments"):
@@ -208,8 +207,14 @@ class ResponseBuilder:
                                   delta=fn["arguments"]))
         return out
 
+    def _add(self, item: dict) -> int:
+        """Append an output item; its index (kept: every delta names it)."""
+        self.response["output"].append(item)
+        self._at[item["id"]] = len(self.response["output"]) - 1
+        return self._at[item["id"]]
+
     def _index(self, item: dict) -> int:
-        return next(i for i, it in enumerate(self.response["output"]) if it is item)
+        return self._at[item["id"]]
 
     def ending(self) -> list[bytes]:
         """Close every open item, then the terminal event."""

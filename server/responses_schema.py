@@ -234,12 +234,12 @@ def chat_tools(tools: list[dict] | None) -> list[dict] | None:
             for t in tools]
 
 
-def chat_body(req: ResponsesRequest, body: dict, history: list[dict]) -> dict:
-    """The chat request that answers this Responses request: ``history`` (the stored
-    conversation of ``previous_response_id``) then this input, under this request's
-    instructions (a previous response's instructions are not carried over, as OpenAI)."""
+def chat_body(req: ResponsesRequest, body: dict, conversation: list[dict]) -> dict:
+    """The chat request that answers this Responses request: ``conversation`` (the stored
+    one of ``previous_response_id``, then this input, as chat messages) under this
+    request's instructions (a previous response's are not carried over, as at OpenAI)."""
     messages = ([{"role": "system", "content": req.instructions}] if req.instructions else [])
-    messages += history + input_messages(req.input)
+    messages += conversation
     out: dict[str, Any] = {k: v for k, v in body.items() if k not in _TRANSLATED}
     out.update(model=req.model, messages=messages)
     for src, dst in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),

@@ -54,8 +54,23 @@ def span_attributes(**values) -> dict:
     return {f"tandem.{k}": v for k, v in values.items() if v is not None}
 
 
+def annotate(span, **values) -> None:
+    """Set ``tandem.`` attributes on a span that records; on a no-op span (tracing off,
+    or sampled out) nothing is built, so the request path pays nothing for them."""
+    if span is not None and span.is_recording():
+        span.set_attributes(span_attributes(**values))
+
+
+def event(span, name: str, **values) -> None:
+    """An event on a span that records (as ``annotate``)."""
+    if span is not None and span.is_recording():
+        span.add_event(name, span_attributes(**values))
+
+
 def child(parent, name: str, **attributes):
     """A span under ``parent`` (explicitly: a stream's later work runs in another task,
     where the request's span is not the current one)."""
     context = trace.set_span_in_context(parent) if parent is not None else None
-    return TRACER.start_span(name, context=context, attributes=span_attributes(**attributes))
+    span = TRACER.start_span(name, context=context)
+    annotate(span, **attributes)
+    return span

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -168,6 +169,13 @@ def main() -> None:
             print(f"... closed loop {name}", file=sys.stderr)
             rps[(name, False)] = asyncio.run(closed_loop(url, 32, args.seconds, False))
             rps[(name, True)] = asyncio.run(closed_loop(url, 32, args.seconds, True))
+        # The Python generator tops out near its own limit (~325 rps here, direct
+        # included); the gateway's maximum comes from wrk (bench/wrk_load.py) when it is
+        # installed (`make benchdeps`).
+        from wrk_load import run_wrk
+
+        wrk = (run_wrk(paths["tandem"], 64, max(1, int(args.seconds)))
+               if shutil.which("wrk") else None)
     finally:
         for s in reversed(servers):
             s.stop()
@@ -190,6 +198,10 @@ def main() -> None:
     print()
     print_table(["path", "max rps (c=32)", "max rps stream (c=32)", "failed requests"],
                 [[n, rps[(n, False)], rps[(n, True)], ERRORS.get(u, 0)] for n, u in paths.items()])
+    if wrk:
+        print(f"tandem under wrk -t1 -c64: {wrk['rps']:.1f} req/s, p50 {wrk['p50_ms']:.2f} ms, "
+              f"p99 {wrk['p99_ms']:.2f} ms, {wrk['non2xx'] + wrk['socket_errors']} errors "
+              f"in {wrk['requests']}")
     key = f"{args.rps:.0f}rps"
     tandem50, tandem99 = added[(key, "tandem")]
     lite50, lite99 = added.get((key, "litellm"), (float("nan"), float("nan")))
@@ -199,6 +211,10 @@ def main() -> None:
         "added_p50_ms": round(tandem50, 3), "added_p99_ms": round(tandem99, 3),
         "litellm_added_p50_ms": round(lite50, 3), "litellm_added_p99_ms": round(lite99, 3),
         "c1_added_p50_ms": round(added[("c1", "tandem")][0], 3),
+        "litellm_c1_added_p50_ms": round(added.get(("c1", "litellm"), (float("nan"),))[0], 3),
+        "max_rps": round(wrk["rps"] if wrk else rps[("tandem", False)], 1),
+        "max_rps_by": "wrk -t1 -c64" if wrk else "python closed loop (c=32)",
+        "max_rps_errors": (wrk["non2xx"] + wrk["socket_errors"]) if wrk else None,
         "responses_c1_added_p50_ms": round(added[("c1", "tandem-responses")][0], 3),
         "chat_stream_added_p50_ms": round(added[("c1-stream", "tandem")][0], 3),
         "responses_stream_added_p50_ms": round(added[("c1-stream", "tandem-responses")][0], 3),

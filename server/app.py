@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import signal
 from contextlib import asynccontextmanager
@@ -19,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from clients.errors import InvalidRequest, TandemError
-from server.auth import AuthMiddleware, hash_key
+from server.auth import AuthMiddleware, is_admin_key
 from server import tandem_api, tracing
 from server.completions import handle_completion
 from server.config import ConfigError, GatewayConfig
@@ -173,7 +172,7 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
             raise TandemError("Reload over HTTP is off: set auth.admin_key_sha256 (or send "
                               "SIGHUP)", status=403, type="permission_error",
                               code="admin_disabled")
-        if not token or not hmac.compare_digest(hash_key(token), admin):
+        if not is_admin_key(token, admin):
             raise TandemError("Incorrect admin key.", status=401,
                               type="invalid_request_error", code="invalid_api_key")
         try:

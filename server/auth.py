@@ -14,6 +14,7 @@ never recovers by waiting, and not 403, which says "never allowed".
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 
 import orjson
@@ -26,6 +27,11 @@ WINDOW_S = 60
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_admin_key(token: str | None, admin_sha256: str) -> bool:
+    """Whether ``token`` is the admin key (compared in constant time, by its hash)."""
+    return bool(token) and hmac.compare_digest(hash_key(token), admin_sha256)
 
 
 class AuthError(TandemError):

@@ -16,7 +16,6 @@ the way ``/admin/`` routes do.
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from clients.errors import TandemError
-from server.auth import hash_key
+from server.auth import is_admin_key
 from server.errors import tandem_error_response
 from server.observe import GatewayMetrics
 
@@ -249,7 +248,7 @@ def check_admin(runtime, request: Request) -> None:
                           "set auth.admin_key_sha256", status=403, type="permission_error",
                           code="admin_disabled")
     token = _bearer(request)
-    if not token or not hmac.compare_digest(hash_key(token), admin):
+    if not is_admin_key(token, admin):
         raise TandemError("Missing admin key: send 'Authorization: Bearer <admin key>'."
                           if not token else "Incorrect admin key.", status=401,
                           type="invalid_request_error", code="invalid_api_key",

@@ -106,11 +106,11 @@ class LiveRouter(Router):
         often exactly 0 or 1), a tie goes strong with the probability that keeps the
         share on target."""
         fraction = cloud_fraction if cloud_fraction is not None else self.cloud_fraction
-        if fraction is not None and cloud_fraction is None:
-            fraction = self.aim(fraction)
         if (p != threshold or fraction is None or not self.tracking
                 or len(self.recent_scores) < MIN_TRACKED):
             return p >= threshold
+        if cloud_fraction is None:  # a tie is split towards the steered aim, as the threshold
+            fraction = self.aim(fraction)
         scores = np.fromiter(self.recent_scores, float)
         above, tied = float((scores > threshold).mean()), float((scores == threshold).mean())
         return tied > 0 and self._rng.random() < (fraction - above) / tied

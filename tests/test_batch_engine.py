@@ -122,3 +122,50 @@ def test_prefix_cache_reuses_a_finished_conversation(llm):
         assert engine.reused_tokens >= 2 * len(first) - 1
     finally:
         engine.close()
+
+
+# The answer to the second question is only in the shared prefix: a prefix that was not
+# really copied shows in the output.
+SYSTEM = ("<|im_start|>system\nYou are a careful assistant for a team of engineers. The "
+          "project's code name is Bluefinch. Answer briefly.<|im_end|>\n")
+
+
+def _chat(llm, text: str) -> list[int]:
+    return llm.tokenize((SYSTEM + TEMPLATE.format(text)).encode(), add_bos=False, special=True)
+
+
+def _run(engine, prompt, max_tokens=10) -> dict:
+    events: queue.Queue = queue.Queue()
+    engine.submit(Sequence(prompt, SamplingParams(max_tokens=max_tokens, temperature=0),
+                           events.put, threading.Event()))
+    return _collect(events, 1)[0]
+
+
+def test_shared_system_prompt_is_copied_not_evicted(llm):
+    """A second conversation with the same system prompt takes the empty slot and gets
+    the shared prefix copied from the first one's slot; the first conversation's cache
+    survives, and every answer equals the one computed without any cache."""
+    a, b = _chat(llm, "Name a prime number."), _chat(llm, "What is the project's code name?")
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert shared > 16  # the system prompt is worth a copy
+    fresh = {}
+    for name, prompt in (("a", a), ("b", b)):
+        engine = BatchEngine(llm, n_ctx=512, parallel=1, n_batch=64, n_threads=2, name="f")
+        try:
+            fresh[name] = _run(engine, prompt)["text"]
+        finally:
+            engine.close()
+    assert "Bluefinch" in fresh["b"]
+    engine = BatchEngine(llm, n_ctx=512, parallel=2, n_batch=64, n_threads=2, name="t")
+    try:
+        assert _run(engine, a)["text"] == fresh["a"]
+        assert (engine.reused_tokens, engine.copied_prefixes) == (0, 0)
+        assert _run(engine, b)["text"] == fresh["b"]
+        assert (engine.reused_tokens, engine.copied_prefixes) == (shared, 1)
+        # Both conversations are still cached, each in its own slot.
+        assert _run(engine, a)["text"] == fresh["a"]
+        assert _run(engine, b)["text"] == fresh["b"]
+        assert engine.reused_tokens == shared + (len(a) - 1) + (len(b) - 1)
+        assert engine.copied_prefixes == 1
+    finally:
+        engine.close()

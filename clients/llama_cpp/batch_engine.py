@@ -7,10 +7,11 @@ samples every sequence that has logits with its own sampler chain. Requests beyo
 ``parallel`` active sequences wait in a FIFO queue; none is dropped. A sequence whose
 caller left (cancel flag) is dropped at the next step.
 
-Prefix cache: a finished sequence leaves its KV cells in its slot; a new request takes
-the free slot sharing the longest token prefix with its prompt and only evaluates the
-rest (a multi-turn chat re-sends its history, a system prompt repeats on every call),
-as llama.cpp's server does with ``cache_prompt``.
+Prefix cache: a finished sequence leaves its KV cells in its slot; a new request reuses
+the longest token prefix of its prompt held in any slot and only evaluates the rest (a
+multi-turn chat re-sends its history, a system prompt repeats on every call), taking
+the free slot whose cache it destroys least and copying a longer shared prefix in from
+another slot (clients/llama_cpp/slots.py), so conversations do not evict each other.
 
 Prompt logprobs (``/v1/completions``): a sequence with a ``prompt_logits`` callback gets
 logits at every prompt position from ``score_from`` on, handed to the callback right
@@ -37,10 +38,12 @@ from clients.llama_cpp.decoding import (
 from clients.llama_cpp.internals import (
     batch_add,
     batch_clear,
+    copy_sequence,
     logits_row,
     new_parallel_context,
     truncate_sequence,
 )
+from clients.llama_cpp.slots import plan_slot
 
 log = logging.getLogger("tandem.llama_cpp")
 
@@ -93,7 +96,10 @@ class BatchEngine:
         self._active: list[Sequence] = []
         self._free_ids = list(range(parallel))
         self._slot_tokens: dict[int, list[int]] = {}  # cached KV content of free slots
+        self._last_used: dict[int, int] = {}  # slot -> release count when last freed
+        self._released = 0
         self.reused_tokens = 0  # prompt tokens served from the prefix cache (for stats)
+        self.copied_prefixes = 0  # admissions that copied a shared prefix from another slot
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}",
@@ -159,23 +165,21 @@ class BatchEngine:
             self._active.append(seq)
 
     def _pick_slot(self, prompt: list[int], limit: int) -> tuple[int, int]:
-        """The free slot with the longest cached prefix of ``prompt``, and how much of it
-        to reuse (at most ``limit`` tokens); with ``limit`` 0, the least cached slot."""
-        best, best_len = self._free_ids[0], -1
-        if limit <= 0:
-            best = min(self._free_ids, key=lambda sid: len(self._slot_tokens.get(sid, ())))
-            best_len = 0
-        for sid in self._free_ids if limit > 0 else ():
-            n = _common_prefix(self._slot_tokens.get(sid, ()), prompt)
-            if n > best_len:
-                best, best_len = sid, n
-        self._free_ids.remove(best)
-        self._slot_tokens.pop(best, None)
-        # The last prompt token must run for logits.
-        reuse = max(0, min(best_len, len(prompt) - 1, limit))
-        truncate_sequence(self.ctx, best, reuse)
-        self.reused_tokens += reuse
-        return best, reuse
+        """The slot for ``prompt`` and how many of its tokens start cached (at most
+        ``limit``), by ``slots.plan_slot``: a longer shared prefix held in another slot
+        is copied in (llama.cpp performs the copy at the start of the next decode,
+        before this sequence's tokens run)."""
+        free = {sid: self._slot_tokens.get(sid, ()) for sid in self._free_ids}
+        running = {s.seq_id: s.fed for s in self._active}
+        plan = plan_slot(prompt, limit, free, running, self._last_used)
+        self._free_ids.remove(plan.slot)
+        self._slot_tokens.pop(plan.slot, None)
+        if plan.copy_from is not None:
+            copy_sequence(self.ctx, plan.copy_from, plan.slot)
+            self.copied_prefixes += 1
+        truncate_sequence(self.ctx, plan.slot, plan.reuse)
+        self.reused_tokens += plan.reuse
+        return plan.slot, plan.reuse
 
     def _release(self, seq: Sequence) -> None:
         if seq.sampler is not None:
@@ -184,6 +188,8 @@ class BatchEngine:
         self._active.remove(seq)
         self._slot_tokens[seq.seq_id] = seq.fed
         self._free_ids.append(seq.seq_id)
+        self._released += 1
+        self._last_used[seq.seq_id] = self._released
 
     def _step(self) -> None:
         for seq in [s for s in self._active if s.cancel.is_set()]:
@@ -255,11 +261,3 @@ class BatchEngine:
             else:
                 seq.next_token = token
 
-
-def _common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

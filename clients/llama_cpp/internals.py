@@ -84,6 +84,13 @@ def batch_add(batch, token: int, pos: int, seq_id: int, logits: bool) -> int:
     return k
 
 
+def copy_sequence(ctx, src: int, dst: int) -> None:
+    """Copy slot ``src``'s KV stream into slot ``dst`` (non-unified cache: llama.cpp copies
+    the whole stream's buffers at the start of the next decode and takes ``src``'s cell
+    positions now); cut ``dst`` back with ``truncate_sequence`` afterwards."""
+    llama_cpp.llama_memory_seq_cp(ctx.memory, src, dst, -1, -1)
+
+
 def truncate_sequence(ctx, seq_id: int, keep: int) -> None:
     """Drop a slot's KV cells from position ``keep`` on (all of them for keep=0)."""
     llama_cpp.llama_memory_seq_rm(ctx.memory, seq_id, keep, -1)

@@ -134,8 +134,25 @@ def _gate_score(scorer, gate: list[dict], dim: int, imputer: Imputer,
 _WORKER: dict = {}  # per worker process: embedded shipped labels, loaded checkpoints
 
 
+def idle_priority() -> None:
+    """Every thread of this process (numpy's BLAS pool is already running) under Linux's
+    SCHED_IDLE: it runs only on a core nothing else wants, and a serving thread that
+    wakes takes the core at once (a nice value alone still leaves it a share, and waits
+    out the scheduler's wake-up granularity). Elsewhere the nice value is all there is."""
+    import os
+
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+        except OSError:  # a thread that just ended, or a kernel without it
+            pass
+
+
 def worker_init(niceness: int) -> None:
-    """The retrain worker's start: lower priority (serving keeps the cores first), and an
+    """The retrain worker's start: lowest priority (serving keeps the cores first), and an
     exit when the gateway that started it is gone (a killed gateway cannot shut its pool
     down, and an orphan would hold memory and CPU for good)."""
     import os
@@ -143,6 +160,7 @@ def worker_init(niceness: int) -> None:
     import time
 
     os.nice(niceness)
+    idle_priority()
     parent = os.getppid()
 
     def watch() -> None:

@@ -294,6 +294,17 @@ class LiveRouter(Router):
                 self.metrics.router_heldout_apgr.set(self.current.heldout_apgr)
         log.warning("router retrain %s: %s", result["outcome"],
                     {k: v for k, v in result.items() if k != "outcome"})
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Labels that came in while this retrain ran (a retrain is skipped while another
+        runs) start the next one now, not when some later label happens to arrive."""
+        try:
+            total = await self.store.length("router:labels")
+        except Exception:  # noqa: BLE001 - the next label or poll tries again
+            return
+        if total - self.trained_on >= self.learning_cfg.retrain_every:
+            self._retraining = asyncio.get_running_loop().create_task(self._retrain(total))
 
     async def _run_job(self, labels: list[bytes]) -> dict:
         """``learning.retrain_job`` in the worker process (started on first use; a

@@ -5,6 +5,7 @@ a failed retrain, the judge, and labels shared through Redis."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -311,6 +312,12 @@ def test_a_killed_gateway_leaves_no_retrain_worker(local_model_path, cloud_serve
         _wait_retrain(gw, 2)
         workers = _children(gw.proc.pid)
         assert workers, "the retrain ran in no worker process"
+        pool = [w for w in workers  # (the other child is multiprocessing's resource tracker)
+                if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
+        assert pool, "no retrain worker among the gateway's children"
+        for w in pool:  # every thread of it (numpy's BLAS pool too) yields to serving
+            for tid in os.listdir(f"/proc/{w}/task"):
+                assert os.sched_getscheduler(int(tid)) == os.SCHED_IDLE, (w, tid)
     finally:
         gw.proc.kill()
         gw.proc.wait(10)
@@ -319,3 +326,24 @@ def test_a_killed_gateway_leaves_no_retrain_worker(local_model_path, cloud_serve
     while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
         time.sleep(0.2)
     assert not [w for w in workers if Path(f"/proc/{w}").exists()], workers
+
+
+def test_labels_that_arrive_during_a_retrain_start_the_next_one(local_model_path, cloud_server,
+                                                               workdir):
+    """A retrain is skipped while another runs; the labels that came in meanwhile start
+    the next one when it ends, with no further label needed (and no poll of the store:
+    its interval is an hour here)."""
+    gw = start_learning_gateway("catchup", local_model_path, cloud_server.url + "/v1",
+                                workdir, learning={"retrain_every": 2, "poll_s": 3600})
+    try:
+        ids = [ask(gw, f"{EASY[i]} (catch-up {i})")[0]["x-request-id"] for i in range(4)]
+        for i, rid in enumerate(ids):  # labels 3 and 4 land while the first retrain runs
+            assert post(gw, "/v1/tandem/feedback", {"request_id": rid,
+                                                    "score": 1.0}).status_code == 200
+            if i == 1:
+                assert router_status(gw)["learning"]["retraining"]
+        status = _wait_retrain(gw, 4)
+        assert status["learning"]["trained_on_labels"] == 4
+        assert len(status["learning"]["history"]) == 2
+    finally:
+        gw.stop()

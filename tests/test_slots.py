@@ -51,3 +51,14 @@ def test_limits_on_reuse():
     assert plan_slot(prompt, 10, {0: prompt}, {}, {}) == SlotPlan(0, 10)
     # limit 0 (every position scored): the least cached slot, nothing reused or copied.
     assert plan_slot(prompt, 0, {0: prompt, 1: [5]}, {}, {}) == SlotPlan(1, 0)
+
+
+def test_common_prefix_across_block_edges():
+    from clients.llama_cpp.slots import common_prefix
+
+    base = list(range(1000))
+    for cut in (0, 1, 255, 256, 257, 511, 512, 999):
+        other = base[:cut] + [-1] + base[cut + 1:]
+        assert common_prefix(base, other) == cut
+    assert common_prefix(base, base[:700]) == 700
+    assert common_prefix((), base) == 0

@@ -36,10 +36,15 @@ class SlotPlan:
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
+    """Length of the shared start of two token lists: compared 256 at a time (a slice
+    comparison runs in C), then token by token within the first block that differs;
+    every slot is checked at each admission, so histories of thousands of tokens must
+    stay cheap on the engine thread."""
+    a, b = list(a), list(b)
+    n, end = 0, min(len(a), len(b))
+    while n + 256 <= end and a[n:n + 256] == b[n:n + 256]:
+        n += 256
+    while n < end and a[n] == b[n]:
         n += 1
     return n
 

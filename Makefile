@@ -65,6 +65,7 @@ bench: venv models benchdeps $(BENCH_VENV)/bin/litellm
 	$(BIN)/python bench/local_stream.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/local_concurrency.py
+	$(BIN)/python bench/engine_trace.py
 	$(BIN)/python bench/wrk_load.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/faults.py

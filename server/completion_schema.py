@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 
 from clients.errors import InvalidRequest
-from server.schemas import StreamOptions, _Open, first_error
+from server.schemas import StreamOptions, _Open, shaped_error
 
 TokenId = Annotated[int, Field(ge=0)]
 MAX_CHOICES = 128  # prompts x n, the sequences one request may start
@@ -73,6 +73,10 @@ class CompletionRequest(_Open):
         return self
 
 
+_PROMPT_SHAPES = ("prompt: must be a string, a list of token ids (integers >= 0), or a list "
+                  "of strings or of token-id lists")
+
+
 def validate_completion_request(body: Any, max_logprobs: int) -> CompletionRequest:
     """Validate a parsed JSON body against the schema and the server's logprobs cap;
     raise ``InvalidRequest`` naming the first bad field."""
@@ -81,14 +85,7 @@ def validate_completion_request(body: Any, max_logprobs: int) -> CompletionReque
     try:
         req = CompletionRequest.model_validate(body)
     except ValidationError as err:
-        param, msg, kind = first_error(err, CompletionRequest.model_fields)
-        if param and param.startswith("prompt") and param != "prompt_logprobs":
-            param = "prompt"
-            if kind != "value_error":
-                msg = ("prompt: must be a string, a list of token ids (integers >= 0), or a "
-                       "list of strings or of token-id lists")
-        where = f"'{param}': " if param and not msg.startswith(param) else ""
-        raise InvalidRequest(f"Invalid request: {where}{msg}", param=param) from None
+        raise shaped_error(err, CompletionRequest.model_fields, "prompt", _PROMPT_SHAPES) from None
     for name in ("logprobs", "prompt_logprobs"):
         k = getattr(req, name)
         if k is None or max_logprobs == -1:

@@ -34,7 +34,7 @@ from clients.errors import InvalidRequest, TandemError, UpstreamError
 from privacy.guard import EgressBlocked
 from server.chat import _headers
 from server.observe import RequestRecord
-from server.schemas import _Open, first_error
+from server.schemas import _Open, shaped_error
 
 TokenId = Annotated[int, Field(ge=0)]
 MAX_INPUTS = 2048  # per request, as OpenAI
@@ -72,13 +72,7 @@ def validate_embedding_request(body: Any) -> EmbeddingRequest:
     try:
         return EmbeddingRequest.model_validate(body)
     except ValidationError as err:
-        param, msg, kind = first_error(err, EmbeddingRequest.model_fields)
-        if param and param.startswith("input"):
-            param = "input"
-            if kind != "value_error":
-                msg = _INPUT_SHAPES
-        where = f"'{param}': " if param and not msg.startswith(param) else ""
-        raise InvalidRequest(f"Invalid request: {where}{msg}", param=param) from None
+        raise shaped_error(err, EmbeddingRequest.model_fields, "input", _INPUT_SHAPES) from None
 
 
 def choose_model(runtime, model: str) -> tuple[str, str]:

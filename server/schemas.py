@@ -170,6 +170,21 @@ def first_error(err: ValidationError, fields=()) -> tuple[str | None, str, str]:
     return param, msg, first["type"]
 
 
+def shaped_error(err: ValidationError, fields, field: str, shapes: str) -> InvalidRequest:
+    """The first problem of ``err`` as a 400, for a request whose ``field`` is a union of
+    list shapes: pydantic names one branch of it (``prompt.list[int][0]``), so any error
+    inside ``field`` is reported as ``field`` with ``shapes``, the accepted shapes (a
+    rule's own message, a value error, is kept). Other fields, ``prompt_logprobs`` beside
+    ``prompt`` too, keep their own path and message."""
+    param, msg, kind = first_error(err, fields)
+    if param is not None and (param == field or param.startswith((field + ".", field + "["))):
+        param = field
+        if kind != "value_error":
+            msg = shapes
+    where = f"'{param}': " if param and not msg.startswith(param) else ""
+    return InvalidRequest(f"Invalid request: {where}{msg}", param=param)
+
+
 def validate_chat_request(body: Any) -> ChatCompletionRequest:
     """Validate a parsed JSON body; raise ``InvalidRequest`` naming the first bad field."""
     if not isinstance(body, dict):

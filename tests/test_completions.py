@@ -211,6 +211,7 @@ def test_cloud_model_is_passed_through(client):
     ({"prompt": [-1]}, 400, "prompt", None),
     ({"prompt": "hi", "logprobs": 21}, 400, "logprobs", None),
     ({"prompt": "hi", "prompt_logprobs": -1}, 400, "prompt_logprobs", None),
+    ({"prompt": "hi", "prompt_logprobs_from": -1}, 400, "prompt_logprobs_from", None),
     ({"prompt": "hi", "logprobs": True}, 400, "logprobs", None),
     ({"prompt": "hi", "max_tokens": 0}, 400, "max_tokens", None),
     ({"prompt": "hi", "prompt_logprobs": 1, "stream": True}, 400, "prompt_logprobs", None),

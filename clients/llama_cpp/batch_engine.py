@@ -169,7 +169,7 @@ class BatchEngine:
         ``limit``), by ``slots.plan_slot``: a longer shared prefix held in another slot
         is copied in (llama.cpp performs the copy at the start of the next decode,
         before this sequence's tokens run)."""
-        free = {sid: self._slot_tokens.get(sid, ()) for sid in self._free_ids}
+        free = {sid: self._slot_tokens.get(sid, []) for sid in self._free_ids}
         running = {s.seq_id: s.fed for s in self._active}
         plan = plan_slot(prompt, limit, free, running, self._last_used)
         self._free_ids.remove(plan.slot)

@@ -40,7 +40,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     comparison runs in C), then token by token within the first block that differs;
     every slot is checked at each admission, so histories of thousands of tokens must
     stay cheap on the engine thread."""
-    a, b = list(a), list(b)
+    a = a if isinstance(a, list) else list(a)  # (a tuple slice never equals a list's)
+    b = b if isinstance(b, list) else list(b)
     n, end = 0, min(len(a), len(b))
     while n + 256 <= end and a[n:n + 256] == b[n:n + 256]:
         n += 256

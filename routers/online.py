@@ -310,7 +310,7 @@ class LiveRouter(Router):
         """``learning.retrain_job`` in the worker process (started on first use; a
         crashed worker is replaced on the next retrain)."""
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(  # niced: serving keeps the cores first
+            self._executor = ProcessPoolExecutor(  # SCHED_IDLE: serving keeps the cores first
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=learning.worker_init, initargs=(15,))
         cfg = self.learning_cfg

@@ -12,7 +12,7 @@ from clients.errors import InvalidRequest, TandemError
 from routers.online import FeedbackNotFound
 from routers.policy import describe
 from server.observe import RequestRecord
-from server.schemas import validate_chat_request
+from server.schemas import first_error, validate_chat_request
 
 
 class FeedbackRequest(BaseModel):
@@ -53,10 +53,8 @@ async def feedback(runtime, request: Request) -> Response:
     try:
         fb = FeedbackRequest.model_validate(body)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param, msg, _ = first_error(err)
         _metric(runtime, "invalid")
-        msg = "field required" if first["type"] == "missing" else first["msg"]
         raise InvalidRequest(f"Invalid feedback: '{param}': {msg}", param=param) from None
     live = runtime.policy.live
     if live is None or not live.learning:

@@ -25,7 +25,7 @@ from routers.policy import POLICY_NAME, Decision, Policy
 from routers.rules import RouteContext
 from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
-from server.schemas import validate_chat_request
+from server.schemas import parse_json_body, validate_chat_request
 from server.tracing import TRACER, annotate, child, event
 
 log = logging.getLogger("tandem.chat")
@@ -111,8 +111,7 @@ class ChatService:
                           ) -> tuple[Response, RequestRecord]:
         """A chat request (raw JSON or parsed) from a caller whose request state is
         ``state``; other APIs bridged through chat (/v1/responses) call this too."""
-        record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
-                               api_key=state.get("api_key"))
+        record = RequestRecord.begin(state)
         record.span = TRACER.start_span("tandem.chat")
         annotate(record.span, request_id=record.request_id,
                  key=getattr(record.api_key, "name", None))
@@ -129,11 +128,7 @@ class ChatService:
 
     async def _handle(self, body: bytes | dict, record: RequestRecord) -> Response:
         if isinstance(body, bytes):
-            try:
-                body = orjson.loads(body)
-            except orjson.JSONDecodeError as err:
-                raise InvalidRequest("We could not parse the JSON body of your request: "
-                                     f"{err}") from None
+            body = parse_json_body(body)
         validated = validate_chat_request(body)
         record.model = validated.model
         annotate(record.span, model=validated.model)

@@ -20,9 +20,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from clients.errors import InvalidRequest, TandemError
+from clients.errors import InvalidRequest
 from server.chat import DONE, SSE_HEADERS, _headers, sse_event, stream_failure
 from server.completion_schema import validate_completion_request
+from server.schemas import parse_json_body
 from server.observe import RequestRecord
 
 log = logging.getLogger("tandem.completions")
@@ -32,14 +33,12 @@ async def handle_completion(runtime, request: Request) -> Response:
     """Serve one request on ``runtime`` (the app's current one: policy, clients, service)."""
     service = runtime.service
     state = request.scope.get("state", {})
-    record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
-                           api_key=state.get("api_key"))
+    record = RequestRecord.begin(state)
     service.inflight += 1
     try:
         response = await _handle(runtime, request, record)
     except BaseException as err:
-        record.status = (err.status if isinstance(err, TandemError)
-                         else 500 if isinstance(err, Exception) else "cancelled")
+        record.failed(err)
         service._finish(record)  # the chat service's bookkeeping: metrics, log, usage
         raise
     if not record.stream:
@@ -64,10 +63,7 @@ def choose_model(runtime, model: str) -> tuple[str, str]:
 
 
 async def _handle(runtime, request: Request, record: RequestRecord) -> Response:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as err:
-        raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
+    body = parse_json_body(await request.body())
     req = validate_completion_request(body, runtime.config.server.max_logprobs)
     record.model = req.model
     await runtime.service.gate.admit(record.api_key, req.model)

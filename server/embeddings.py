@@ -30,11 +30,11 @@ from pydantic import Field, ValidationError, model_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clients.errors import InvalidRequest, TandemError, UpstreamError
+from clients.errors import InvalidRequest, UpstreamError
 from privacy.guard import EgressBlocked
 from server.chat import _headers
 from server.observe import RequestRecord
-from server.schemas import _Open, shaped_error
+from server.schemas import _Open, parse_json_body, shaped_error
 
 TokenId = Annotated[int, Field(ge=0)]
 MAX_INPUTS = 2048  # per request, as OpenAI
@@ -90,14 +90,12 @@ async def handle_embeddings(runtime, request: Request) -> Response:
     """Serve one request on ``runtime`` (the app's current one: policy, clients, service)."""
     service = runtime.service
     state = request.scope.get("state", {})
-    record = RequestRecord(state.get("request_id", ""), model="unknown", stream=False,
-                           api_key=state.get("api_key"))
+    record = RequestRecord.begin(state)
     service.inflight += 1  # a reload waits for embeddings too
     try:
         return await _handle(runtime, request, record)
     except BaseException as err:
-        record.status = (err.status if isinstance(err, TandemError)
-                         else 500 if isinstance(err, Exception) else "cancelled")
+        record.failed(err)
         raise
     finally:
         service._finish(record)  # the chat service's bookkeeping: metrics, log, usage
@@ -107,10 +105,7 @@ async def handle_embeddings(runtime, request: Request) -> Response:
 
 
 async def _handle(runtime, request: Request, record: RequestRecord) -> Response:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as err:
-        raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
+    body = parse_json_body(await request.body())
     req = validate_embedding_request(body)
     record.model = req.model
     await runtime.service.gate.admit(record.api_key, req.model)

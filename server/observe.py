@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 
 from clients.base import ChatClient
+from clients.errors import TandemError
 
 access_log = logging.getLogger("tandem.access")
 
@@ -120,6 +121,18 @@ class RequestRecord:
     private: bool = False  # the request carried private spans
     done: bool = False
     span: object = None  # the request's OpenTelemetry span (server/tracing.py)
+
+    @classmethod
+    def begin(cls, state: dict) -> "RequestRecord":
+        """The record of a request whose ASGI state (id, authenticated key) is ``state``."""
+        return cls(state.get("request_id", ""), model="unknown", stream=False,
+                   api_key=state.get("api_key"))
+
+    def failed(self, err: BaseException) -> None:
+        """Record how the request ended early: an error's status, 500 for anything
+        unexpected, "cancelled" when the caller left."""
+        self.status = (err.status if isinstance(err, TandemError)
+                       else 500 if isinstance(err, Exception) else "cancelled")
 
     def usage(self, usage: dict | None) -> None:
         if usage:

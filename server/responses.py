@@ -18,10 +18,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from clients.errors import InvalidRequest, TandemError
+from clients.errors import TandemError
 from server.chat import SSE_HEADERS
 from server.responses_output import ResponseBuilder, assistant_message, new_id
 from server.responses_schema import chat_body, input_messages, validate_responses_request
+from server.schemas import parse_json_body
 from server.state import StateStore
 
 _DELETED = b"null"
@@ -95,10 +96,7 @@ class ResponsesService:
         return self.holder.current.config.responses.ttl_s
 
     async def create(self, request: Request) -> Response:
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as err:
-            raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
+        body = parse_json_body(await request.body())
         req = validate_responses_request(body)
         key = _key_name(request)
         history: list[dict] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from clients.errors import InvalidRequest
@@ -152,6 +153,14 @@ def _param_of(loc: tuple) -> str:
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON, or the 400 every endpoint answers malformed JSON with."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
 
 
 def first_error(err: ValidationError, fields=()) -> tuple[str | None, str, str]:

@@ -12,7 +12,7 @@ from clients.errors import InvalidRequest, TandemError
 from routers.online import FeedbackNotFound
 from routers.policy import describe
 from server.observe import RequestRecord
-from server.schemas import first_error, validate_chat_request
+from server.schemas import first_error, parse_json_body, validate_chat_request
 
 
 class FeedbackRequest(BaseModel):
@@ -28,10 +28,7 @@ def _json(obj: object, status: int = 200) -> Response:
 
 
 async def _body(request: Request) -> object:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as err:
-        raise InvalidRequest(f"We could not parse the JSON body of your request: {err}") from None
+    return parse_json_body(await request.body())
 
 
 def _key(request: Request):

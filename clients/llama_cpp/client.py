@@ -67,13 +67,18 @@ class LlamaCppClient(ChatClient):
         self._scorer_lock = asyncio.Lock()
         self._pieces: dict[int, str] = {}
 
+    @property
+    def n_threads(self) -> int:
+        """llama.cpp threads for every context on this model: configured, else all cores."""
+        return self.config.n_threads or os.cpu_count() or 1
+
     # -- lifecycle ---------------------------------------------------------------------
     def _load(self) -> None:
         from clients.model_store import resolve
 
         cfg = self.config
         self.model_path = str(resolve(cfg.model))
-        threads = cfg.n_threads or os.cpu_count() or 1
+        threads = self.n_threads
         # The Llama object provides weights, vocabulary and metadata, shared by every
         # configured model on the same file; decoding runs in the batch engine's own
         # multi-sequence context, which carries this model's adapter, if any.
@@ -160,7 +165,7 @@ class LlamaCppClient(ChatClient):
         async with self._scorer_lock:
             if self._scorer is None:
                 m = await self._loaded()
-                threads = self.config.n_threads or os.cpu_count() or 1
+                threads = self.n_threads
                 self._scorer = await asyncio.to_thread(
                     LlamaScorer, self.name, m.llm, n_ctx, n_seq, self.config.n_batch, threads,
                     m.lora)

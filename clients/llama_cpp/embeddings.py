@@ -20,7 +20,6 @@ client's file stays about chat.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -229,8 +228,7 @@ async def embed(client: LlamaCppClient, body: ChatBody) -> dict:
     """An embeddings response with one unit vector (a float32 array) per input."""
     model = await client.admit()  # loaded (requests during the load wait for it)
     cfg = client.config
-    embedder = embedder_for(model.llm, model.lora, cfg.n_ctx,
-                            cfg.n_threads or os.cpu_count() or 1)
+    embedder = embedder_for(model.llm, model.lora, cfg.n_ctx, client.n_threads)
     dims = body.get("dimensions")
     if dims is not None and not 1 <= dims <= embedder.n_embd:
         raise InvalidRequest(f"Invalid request: 'dimensions' must be between 1 and "

@@ -56,9 +56,14 @@ def _sin(text: str) -> bool:
     return digits(text)[0] != "8" and luhn(text)
 
 
+# Digit groups that continue a number already begun are that number's, not an id: after
+# a digit or "+" and a space ("+1 555 ..."), or a bracketed area code ("+49 (10) ...").
+_NOT_CONTINUED = r"(?<![\d+] )(?<!\d\) )"
+
 NATIONAL_ID_PATTERNS: tuple[Pattern, ...] = (
     Pattern("NATIONAL_ID", re.compile(
-        r"(?<![\w+-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"  # US SSN
+        r"(?<![\w+-])" + _NOT_CONTINUED +
+        r"(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"  # US SSN
         r"|\b(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2}"
         r" ?[A-D]\b"), hint=DIGIT),  # UK NINO
     Pattern("NATIONAL_ID", re.compile(r"(?i)\b[XYZ]?\d{7,8}[A-Z]\b"),
@@ -67,10 +72,10 @@ NATIONAL_ID_PATTERNS: tuple[Pattern, ...] = (
         r"(?<![\d+-])[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[ABab])"
         r" ?\d{3} ?\d{3}"
         r" ?\d{2}(?![\d-])"), _nir, hint=DIGIT),  # FR NIR
-    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )(?<!\d\) )[2-9]\d{3}([ -])"
+    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])" + _NOT_CONTINUED + r"[2-9]\d{3}([ -])"
                                       r"\d{4}\1\d{4}(?![\d-]|\1\d{4})"),
             _verhoeff, hint=DIGIT),  # IN Aadhaar
-    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])(?<![\d+] )(?<!\d\) )[1-79]\d{2}([ -])"
+    Pattern("NATIONAL_ID", re.compile(r"(?<![\d+-])" + _NOT_CONTINUED + r"[1-79]\d{2}([ -])"
                                       r"\d{3}\1\d{3}(?![\d-]|\1\d{3})"),
             _sin, hint=DIGIT),  # CA SIN
     Pattern("NATIONAL_ID", re.compile(

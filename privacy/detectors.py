@@ -160,6 +160,11 @@ PATTERNS: tuple[Pattern, ...] = (
     *SECRET_PATTERNS,  # first: a URL's user:password@host is not an e-mail address
     Pattern("EMAIL", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
             hint=re.compile("@")),
+    # A whole run that starts with "+" and is a valid phone is one, before any other
+    # digit kind can take its groups ("+49 (100) 10.10.10.10" is not an IP address); a run
+    # that is not valid as a whole is left to the patterns below (no parts tried here).
+    Pattern("PHONE", re.compile(r"(?<![\w+])\+\(?\d[\d\s().-]{7,28}\d(?![\w])"), _phone,
+            hint=re.compile(r"\+\(?\d"), trim=_own_parens, parts=lambda _: ()),
     *NATIONAL_ID_PATTERNS,  # before cards: a grouped id may pass Luhn too
     *BANKING_PATTERNS,  # an IBAN before a card: its digits may pass Luhn
     # an address may end a sentence ("... at 10.0.0.12."): only ".digit" continues it

@@ -118,6 +118,25 @@ async def replay(http: httpx.AsyncClient, rows: list[dict], concurrency: int,
     await asyncio.gather(*(one(r) for r in rows))
 
 
+def p99_noise(during: list[float], outside: list[float], draws: int = 2000,
+              seed: int = 0) -> float:
+    """How far the p99 of ``during`` may sit above the p99 of ``outside`` by chance: the
+    95th percentile of p99(A) / p99(B) when the pooled latencies are split at random
+    into groups of the same sizes (a permutation test). With ~200 requests a side the
+    p99 is about the third-slowest request, so this band is wide; a ratio inside it is
+    "unchanged, within noise". Requests are treated as exchangeable (bursts are not)."""
+    if not during or not outside:
+        return float("nan")
+    pooled = np.array(during + outside)
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(draws):
+        rng.shuffle(pooled)
+        a, b = pooled[: len(during)], pooled[len(during):]
+        ratios.append(np.percentile(a, 99) / np.percentile(b, 99))
+    return float(np.percentile(ratios, 95))
+
+
 def decision_p(metrics: str, bound: str = "0.005") -> tuple[float, int]:
     """(share of decisions at or under ``bound`` s, count) from the gateway histogram."""
     le, count = 0.0, 0
@@ -203,6 +222,8 @@ def main() -> None:
     outside = [e["latency"] for e in out["log"]
                if not any(a <= e["start"] <= b for a, b in windows)]
     actual = float(np.mean([e["strong"] for e in out["log"]])) if out["log"] else float("nan")
+    ratio = (percentile(during, 99) / percentile(outside, 99)) if during and outside else None
+    noise = p99_noise(during, outside)
     print(f"router_online: {machine()}; {args.labels}; mix {','.join(out['mix'])}: "
           f"{out['traffic']} replayed, {out['held_out']} held out; base router {args.kind} on "
           f"{out['base_rows']} prompts of the other types; cloud_fraction "
@@ -219,6 +240,10 @@ def main() -> None:
           f"{percentile(outside, 99) * 1000:.1f} ms (n={len(outside)}); during a retrain: "
           f"{percentile(during, 50) * 1000:.1f} / {percentile(during, 99) * 1000:.1f} ms "
           f"(n={len(during)}; {len(windows)} retrains)")
+    if ratio is not None:
+        print(f"p99 during / outside: {ratio:.2f}; by chance alone (permutation, 95th "
+              f"percentile) up to {noise:.2f}: "
+              + ("within noise" if ratio <= noise else "ABOVE noise"))
     emit_json({"bench": "router_online", "mix": out["mix"], "kind": args.kind,
                **{f"apgr_after_{s['events']}": round(s["apgr"], 4) for s in out["stages"]},
                "versions": [s["version"] for s in out["stages"]],
@@ -227,7 +252,9 @@ def main() -> None:
                "decision_share_le_5ms": round(out["decision_share_le_5ms"], 4),
                "p99_ms_outside_retrain": round(percentile(outside, 99) * 1000, 2),
                "p99_ms_during_retrain": round(percentile(during, 99) * 1000, 2)
-               if during else None, "during_n": len(during)})
+               if during else None, "during_n": len(during),
+               "p99_ratio_during_retrain": round(ratio, 3) if ratio is not None else None,
+               "p99_ratio_noise_95": round(noise, 3)})
 
 
 if __name__ == "__main__":

@@ -141,14 +141,22 @@ def _phone(text: str) -> bool:
 
 def _phone_parts(text: str) -> list[str]:
     """Where an international number may sit inside a refused match, longest first: runs
-    that start with ``+`` or ``(``, or with ``00`` at the start or after one short number
-    (``room 42 0044 20 7946 0958``). Other runs are not tried: any 12 digits in groups
-    look like a phone, and ``3704 0044 0532`` is the inside of a longer grouped number."""
+    that start with ``+`` or ``(``, or with ``00`` after short numbers only (``room 42
+    0044 20 7946 0958``, ``42 42 0044 ...``) or after a wider gap than one space. Other
+    runs are not tried: any 12 digits in groups look like a phone, and ``3704 0044 0532``
+    is the inside of a longer grouped number."""
     cuts = [0] + [i + 1 for i, ch in enumerate(text) if ch.isspace()]
     ends = [len(text)] + [i for i, ch in enumerate(text) if ch.isspace()]
     parts = {text[a:b].strip() for a in cuts for b in ends if b > a
-             if text[a] in "+(" or (text.startswith("00", a) and len(text[:a].strip()) <= 3)}
+             if text[a] in "+(" or (text.startswith("00", a) and _opens_a_number(text, a))}
     return sorted(parts, key=len, reverse=True)
+
+
+def _opens_a_number(text: str, a: int) -> bool:
+    """A ``00`` at ``a`` starts a number of its own when only short numbers (counts,
+    room numbers: three digits at most) come before it, or a gap wider than one space."""
+    before = text[:a]
+    return before[-2:].isspace() or all(len(group) <= 3 for group in before.split())
 
 
 _DATE = (r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}"

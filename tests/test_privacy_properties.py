@@ -252,6 +252,9 @@ def test_found_in_any_position(name, data):
 def test_a_number_after_a_number():
     """Counts and ids beside a number do not hide it, or swallow it."""
     assert kind_of("0044 20 7946 0958", "room 42 0044 20 7946 0958") == "PHONE"
+    assert kind_of("0044 20 7946 0958", "42 42 0044 20 7946 0958") == "PHONE"
+    # found by the property run: a double space before the number
+    assert kind_of("001 10 000 00000", "42 42  001 10 000 00000") == "PHONE"
     assert kind_of("+1 415 555 0132", "+1 415 555 0132 42 times") == "PHONE"
     assert kind_of("4111 1111 1111 1111", "card 4111 1111 1111 1111 42") == "CARD"
     assert kind_of("DE89 3704 0044 0532 0130 00", "DE89 3704 0044 0532 0130 00 42") == "IBAN"

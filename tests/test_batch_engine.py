@@ -169,3 +169,35 @@ def test_shared_system_prompt_is_copied_not_evicted(llm):
         assert engine.copied_prefixes == 1
     finally:
         engine.close()
+
+
+def test_batches_go_in_slot_order(llm):
+    """llama.cpp (one KV stream per slot) takes a ubatch only from consecutive sequence
+    ids in batch order: the engine lays each batch out by slot, whatever order requests
+    came in, and keeps the running slots one run. Here the third request returns to the
+    slot it had before (0) while the first two took slots 1 and 2."""
+    engine = BatchEngine(llm, n_ctx=256, parallel=3, n_batch=64, n_threads=2, name="t")
+    seen: list[list[int]] = []
+    decode = engine.ctx.decode
+
+    def recording(batch):
+        b = batch.batch
+        seen.append([b.seq_id[k][0] for k in range(b.n_tokens)])
+        return decode(batch)
+
+    try:
+        c = _prompt(llm, "Name three colours.")
+        _run(engine, c, max_tokens=3)
+        engine.ctx.decode = recording
+        events: queue.Queue = queue.Queue()
+        prompts = [_prompt(llm, "Name a river."), _prompt(llm, "Name a city."), c]
+        engine.submit_many([Sequence(p, SamplingParams(max_tokens=6, temperature=0),
+                                     events.put, threading.Event(), index=i)
+                            for i, p in enumerate(prompts)])
+        out = _collect(events, 3)
+        assert all(out[i]["finish"] and out[i]["text"] for i in range(3))
+        assert engine.reused_tokens == len(c) - 1  # the third found its old slot
+        assert seen and all(ids == sorted(ids) for ids in seen), seen
+        assert set(seen[0]) == {0, 1, 2}  # the three shared their batches
+    finally:
+        engine.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clients.llama_cpp.slots import SlotPlan, plan_slot
+from clients.llama_cpp.slots import SlotPlan, plan_slot, runs
 
 SYS = list(range(100, 140))  # a 40-token system prompt shared by every conversation
 
@@ -62,3 +62,26 @@ def test_common_prefix_across_block_edges():
         assert common_prefix(base, other) == cut
     assert common_prefix(base, base[:700]) == 700
     assert common_prefix((), base) == 0
+
+
+def test_running_slots_stay_one_run():
+    """llama.cpp runs one ubatch per run of consecutive running slots: a new sequence
+    takes the slot next to the running ones, not an isolated one."""
+    assert runs([]) == 0 and runs([3]) == 1 and runs([2, 0, 1]) == 1 and runs([0, 2, 3]) == 2
+    running = {0: [5] * 10, 1: [6] * 10}
+    # Both empty: slot 2 (next to the run) rather than slot 5.
+    assert plan_slot([1, 2, 3], 99, {5: [], 2: []}, running, {}).slot == 2
+    # A hole in the run is filled first: {0, 1, 3} + 2 is one run.
+    assert plan_slot([1, 2, 3], 99, {2: [], 4: [], 7: []}, {**running, 3: [7]}, {}).slot == 2
+
+
+def test_returning_conversation_is_copied_next_to_the_running_slots():
+    conv = SYS + [1, 2, 3, 4] + [7, 7]
+    running = {0: [5] * 10, 1: [6] * 10}
+    plan = plan_slot(conv + [5, 6], 99, {2: [], 6: conv}, running, {})
+    # Its own slot 6 keeps the cache; slot 2 gets a copy and keeps the run whole.
+    assert plan == SlotPlan(2, len(conv), copy_from=6)
+    # A huge history is still reused in place rather than destroying a bigger cache.
+    big = SYS + [3] * 300
+    plan = plan_slot(conv + [5], 99, {2: big, 6: conv}, running, {})
+    assert plan == SlotPlan(6, len(conv))

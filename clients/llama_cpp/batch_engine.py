@@ -191,24 +191,15 @@ class BatchEngine:
         self._released += 1
         self._last_used[seq.seq_id] = self._released
 
-    def _step(self) -> None:
-        for seq in [s for s in self._active if s.cancel.is_set()]:
-            self._release(seq)
-        if not self._active:
-            return
-        batch_clear(self.batch)
-        budget = self.n_batch
-        for seq in self._active:  # every running stream advances one token
-            seq.batch_index = -1
-            if not seq.prefilling and seq.next_token is not None:
-                seq.batch_index = batch_add(self.batch, seq.next_token, seq.n_past,
-                                            seq.seq_id, True)
-                seq.fed.append(seq.next_token)
-                seq.n_past += 1
-                budget -= 1
-        scored: list[tuple[Sequence, int, int]] = []  # (seq, position, batch index)
+    def _plan_chunks(self) -> dict[Sequence, tuple[int, int]]:
+        """The prompt chunk each prefilling sequence evaluates this step, as (end, first
+        position flagged for scoring): oldest first, in what ``n_batch`` leaves after
+        one token for every decoding stream (so a long prompt never stalls them)."""
+        budget = self.n_batch - sum(1 for s in self._active
+                                    if not s.prefilling and s.next_token is not None)
         scored_left = SCORED_CHUNK
-        for seq in self._active:  # then prompt chunks, oldest first
+        chunks: dict[Sequence, tuple[int, int]] = {}
+        for seq in self._active:
             if budget <= 0:
                 break
             if not seq.prefilling:
@@ -221,17 +212,39 @@ class BatchEngine:
                 if end <= seq.n_past:
                     continue
                 scored_left -= max(0, end - first)
-            last = len(seq.prompt) - 1
-            for pos in range(seq.n_past, end):
-                idx = batch_add(self.batch, seq.prompt[pos], pos, seq.seq_id,
-                                pos >= first or pos == last)
-                if pos >= first and pos < last:
-                    scored.append((seq, pos, idx))
             budget -= end - seq.n_past
-            seq.fed.extend(seq.prompt[seq.n_past:end])
-            seq.n_past = end
-            if not seq.prefilling:
-                seq.batch_index = idx
+            chunks[seq] = (end, first)
+        return chunks
+
+    def _step(self) -> None:
+        for seq in [s for s in self._active if s.cancel.is_set()]:
+            self._release(seq)
+        if not self._active:
+            return
+        chunks = self._plan_chunks()
+        scored: list[tuple[Sequence, int, int]] = []  # (seq, position, batch index)
+        batch_clear(self.batch)
+        # In slot order: llama.cpp takes a ubatch only from consecutive sequence ids in
+        # batch order, so [3, 0, 1, 2] would run as two passes over the weights.
+        for seq in sorted(self._active, key=lambda s: s.seq_id):
+            seq.batch_index = -1
+            if not seq.prefilling and seq.next_token is not None:
+                seq.batch_index = batch_add(self.batch, seq.next_token, seq.n_past,
+                                            seq.seq_id, True)
+                seq.fed.append(seq.next_token)
+                seq.n_past += 1
+            elif seq in chunks:
+                end, first = chunks[seq]
+                last = len(seq.prompt) - 1
+                for pos in range(seq.n_past, end):
+                    idx = batch_add(self.batch, seq.prompt[pos], pos, seq.seq_id,
+                                    pos >= first or pos == last)
+                    if pos >= first and pos < last:
+                        scored.append((seq, pos, idx))
+                seq.fed.extend(seq.prompt[seq.n_past:end])
+                seq.n_past = end
+                if not seq.prefilling:
+                    seq.batch_index = idx
         self.ctx.decode(self.batch)
         for seq, pos, idx in scored:
             seq.prompt_logits(pos, logits_row(self.ctx, idx, self.n_vocab))

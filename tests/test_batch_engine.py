@@ -201,3 +201,42 @@ def test_batches_go_in_slot_order(llm):
         assert set(seen[0]) == {0, 1, 2}  # the three shared their batches
     finally:
         engine.close()
+
+
+def test_cache_in_the_way_is_swapped_and_survives(llm):
+    """Slots 0-2 hold three finished conversations, a long generation runs in slot 3.
+    X returns: its own slot 1 lies apart from slot 3, so it takes slot 2 and Z's cache
+    trades places into slot 1 (through the spare stream). Z then returns to find its
+    whole cache, and every answer equals the one computed without any cache."""
+    y, x = (_prompt(llm, f"{q} Answer with one word, no explanation, no punctuation, "
+                     "and nothing before or after it.") for q in ("Birds: name one.",
+                                                                  "Fish: name one."))
+    z = _prompt(llm, "Trees: describe ten kinds, a long sentence on each of them.")
+    x2 = x + llm.tokenize(b"Salmon.<|im_end|>\n<|im_start|>user\nAnother one?<|im_end|>\n"
+                          b"<|im_start|>assistant\n", add_bos=False, special=True)
+    fresh = {}
+    for name, prompt in (("x2", x2), ("z", z)):
+        engine = BatchEngine(llm, n_ctx=256, parallel=1, n_batch=64, n_threads=2, name="f")
+        try:
+            fresh[name] = _run(engine, prompt, max_tokens=6)["text"]
+        finally:
+            engine.close()
+    engine = BatchEngine(llm, n_ctx=256, parallel=4, n_batch=64, n_threads=2, name="t")
+    try:
+        for prompt in (y, x, z):  # z's cache (prompt and 24 tokens) is worth a swap
+            _run(engine, prompt, max_tokens=24 if prompt is z else 4)
+        events: queue.Queue = queue.Queue()
+        long_one = _prompt(llm, "Count from one to one hundred in words.")
+        engine.submit_many([
+            Sequence(long_one, SamplingParams(max_tokens=40, temperature=0), events.put,
+                     threading.Event(), index=0),
+            Sequence(x2, SamplingParams(max_tokens=6, temperature=0), events.put,
+                     threading.Event(), index=1)])
+        out = _collect(events, 2)
+        assert out[1]["text"] == fresh["x2"]
+        assert engine.swapped_caches == 1
+        before = engine.reused_tokens
+        assert _run(engine, z, max_tokens=6)["text"] == fresh["z"]
+        assert engine.reused_tokens - before == len(z) - 1  # Z's cache moved, not lost
+    finally:
+        engine.close()

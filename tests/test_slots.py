@@ -85,3 +85,18 @@ def test_returning_conversation_is_copied_next_to_the_running_slots():
     big = SYS + [3] * 300
     plan = plan_slot(conv + [5], 99, {2: big, 6: conv}, running, {})
     assert plan == SlotPlan(6, len(conv))
+
+
+def test_a_cache_in_the_way_is_swapped_not_destroyed():
+    """With a spare stream, the conversation whose slot is next to the running ones
+    trades places with the returning one: nothing is lost, the run stays whole."""
+    conv, other = SYS + [1, 2, 3, 4] + [7, 7], [9] * 60
+    running = {0: [5] * 10, 1: [6] * 10}
+    free = {2: other, 6: conv}
+    assert plan_slot(conv + [5], 99, free, running, {}, swap=True) == SlotPlan(
+        2, len(conv), copy_from=6, swap=True)
+    # Without a spare stream: the cache in slot 2 (60 tokens) is worth less than a run.
+    assert plan_slot(conv + [5], 99, free, running, {}) == SlotPlan(2, len(conv), 6)
+    # A prefix held by a running slot cannot trade places: a plain copy.
+    plan = plan_slot(SYS + [8], 99, {2: other}, {0: SYS + [5] * 20, 1: [6]}, {}, swap=True)
+    assert plan == SlotPlan(2, len(SYS), copy_from=0)

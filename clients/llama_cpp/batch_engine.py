@@ -12,6 +12,9 @@ the longest token prefix of its prompt held in any slot and only evaluates the r
 multi-turn chat re-sends its history, a system prompt repeats on every call), taking
 the free slot whose cache it destroys least and copying a longer shared prefix in from
 another slot (clients/llama_cpp/slots.py), so conversations do not evict each other.
+Running slots are kept one run of consecutive ids and each batch is laid out in slot
+order (llama.cpp runs one ubatch per such run); a cache in the way of that is swapped
+through a spare stream into the slot the prefix came from.
 
 Prompt logprobs (``/v1/completions``): a sequence with a ``prompt_logits`` callback gets
 logits at every prompt position from ``score_from`` on, handed to the callback right
@@ -90,8 +93,11 @@ class BatchEngine:
         self.n_vocab = llm.n_vocab()
         self.n_batch = n_batch
         self.parallel = parallel
-        self.ctx, self.batch = new_parallel_context(llm, n_ctx, parallel, n_batch, n_threads,
-                                                    lora=lora)
+        # One stream per slot and a spare one: the scratch space for two free slots'
+        # caches to trade places (slots.py), never decoded in.
+        self.spare = parallel
+        self.ctx, self.batch = new_parallel_context(llm, n_ctx, parallel + 1, n_batch,
+                                                    n_threads, lora=lora)
         self._queue: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
         self._free_ids = list(range(parallel))
@@ -100,6 +106,7 @@ class BatchEngine:
         self._released = 0
         self.reused_tokens = 0  # prompt tokens served from the prefix cache (for stats)
         self.copied_prefixes = 0  # admissions that copied a shared prefix from another slot
+        self.swapped_caches = 0  # admissions that moved a free slot's cache out of the way
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}",
@@ -171,12 +178,19 @@ class BatchEngine:
         before this sequence's tokens run)."""
         free = {sid: self._slot_tokens.get(sid, []) for sid in self._free_ids}
         running = {s.seq_id: s.fed for s in self._active}
-        plan = plan_slot(prompt, limit, free, running, self._last_used)
+        plan = plan_slot(prompt, limit, free, running, self._last_used, swap=True)
         self._free_ids.remove(plan.slot)
-        self._slot_tokens.pop(plan.slot, None)
+        displaced = self._slot_tokens.pop(plan.slot, [])
+        if plan.swap:  # the cache in the way moves to the slot the prefix comes from
+            copy_sequence(self.ctx, plan.slot, self.spare)
         if plan.copy_from is not None:
             copy_sequence(self.ctx, plan.copy_from, plan.slot)
             self.copied_prefixes += 1
+        if plan.swap:  # llama.cpp runs the three stream copies in this order
+            copy_sequence(self.ctx, self.spare, plan.copy_from)
+            self._slot_tokens[plan.copy_from] = displaced
+            self._last_used[plan.copy_from] = self._last_used.get(plan.slot, -1)
+            self.swapped_caches += 1
         truncate_sequence(self.ctx, plan.slot, plan.reuse)
         self.reused_tokens += plan.reuse
         return plan.slot, plan.reuse

@@ -18,7 +18,10 @@ its whole history. The plan here keeps caches apart and still reuses shared pref
   consecutive sequence ids, so running slots {0, 2, 5, 7} cost four passes a step where
   {0, 1, 2, 3} cost one (measured on two cores: 88–118 against 50–67 ms a step). Each
   run after the choice costs ``RUN_COST`` tokens, so a returning conversation whose slot
-  lies apart from the running ones is copied next to them (its old slot keeps its cache).
+  lies apart from the running ones is copied next to them (its old slot keeps its cache);
+- with a spare stream (``swap``), a free slot's cache that a choice would destroy is
+  swapped into the slot the prompt's prefix is copied from instead (three stream
+  copies, costed as three ``MIN_COPY``), so keeping the run whole loses no cache.
 
 Pure functions over token lists, so the policy is tested without a model.
 """
@@ -43,6 +46,7 @@ class SlotPlan:
     slot: int  # the free slot the sequence takes
     reuse: int  # prompt tokens whose KV it starts with (kept in the slot or copied in)
     copy_from: int | None = None  # slot whose KV stream is copied into ``slot`` first
+    swap: bool = False  # ``slot``'s old cache goes to ``copy_from`` (a free slot) in turn
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -62,11 +66,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def plan_slot(prompt: Sequence[int], limit: int, free: Mapping[int, Sequence[int]],
               running: Mapping[int, Sequence[int]], last_used: Mapping[int, int],
-              min_copy: int = MIN_COPY) -> SlotPlan:
+              min_copy: int = MIN_COPY, swap: bool = False) -> SlotPlan:
     """The slot for ``prompt`` among ``free`` (slot -> cached tokens, at least one), its
     KV reused for at most ``limit`` tokens (and never the last prompt token, which must
     run for logits); ``running`` slots (slot -> tokens whose KV is in place) can only be
-    copied from. ``last_used`` orders slots by release (absent: never used)."""
+    copied from. ``last_used`` orders slots by release (absent: never used). ``swap``:
+    the engine has a spare stream, so two free slots' caches can trade places."""
     cap = max(0, min(limit, len(prompt) - 1))
 
     def shared(tokens: Sequence[int]) -> int:
@@ -81,6 +86,8 @@ def plan_slot(prompt: Sequence[int], limit: int, free: Mapping[int, Sequence[int
         lost = len(free[slot]) - own  # cached tokens this choice destroys
         if source is not None and held[source] - own >= min_copy:
             plan, cost = SlotPlan(slot, held[source], source), lost + min_copy
+            if swap and source in free and lost > 2 * min_copy:
+                plan, cost = SlotPlan(slot, held[source], source, swap=True), 3 * min_copy
         else:
             plan, cost = SlotPlan(slot, own), lost
         cost += len(prompt) - plan.reuse  # tokens evaluated now

@@ -84,11 +84,16 @@ async def held_out_apgr(http: httpx.AsyncClient, rows: list[dict]) -> float:
     return summary(p, weak, strong)["apgr"]
 
 
-async def wait_trained(http: httpx.AsyncClient, labels: int, timeout_s: float = 300) -> dict:
+async def wait_trained(http: httpx.AsyncClient, labels: int, timeout_s: float = 300,
+                       slack: int = 0) -> dict:
+    """The router status once a retrain has seen ``labels`` labels, less ``slack`` (a
+    retrain that started a few labels early leaves fewer than ``retrain_every`` new
+    ones after it, so none is due), and none is running."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         s = (await http.get("/v1/tandem/router")).json()
-        if s["learning"]["trained_on_labels"] >= labels and not s["learning"]["retraining"]:
+        trained = s["learning"]["trained_on_labels"]
+        if trained >= labels - slack and not s["learning"]["retraining"]:
             return s
         await asyncio.sleep(0.2)
     raise RuntimeError(f"no retrain after {labels} labels")
@@ -186,7 +191,7 @@ async def run(args, rows: list[dict], tmp: Path) -> dict:
             extra = (traffic * (1 + args.load // max(1, len(traffic))))[: args.load]
             await replay(http, extra, args.concurrency, log)
             # the last retrain the load triggered (one per RETRAIN_EVERY labels)
-            await wait_trained(http, (done + len(extra)) // RETRAIN_EVERY * RETRAIN_EVERY)
+            await wait_trained(http, done + len(extra), slack=RETRAIN_EVERY - 1)
             metrics = (await http.get("/metrics")).text
             final = (await http.get("/v1/tandem/router")).json()
     finally:

@@ -66,6 +66,7 @@ bench: venv models benchdeps $(BENCH_VENV)/bin/litellm
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/local_concurrency.py
 	$(BIN)/python bench/engine_trace.py
+	$(BIN)/python bench/batch_layout.py
 	$(BIN)/python bench/wrk_load.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/faults.py

@@ -203,38 +203,52 @@ def test_batches_go_in_slot_order(llm):
         engine.close()
 
 
-def test_cache_in_the_way_is_swapped_and_survives(llm):
+def test_gap_between_running_slots_is_closed_and_no_cache_lost(llm):
     """Slots 0-2 hold three finished conversations, a long generation runs in slot 3.
-    X returns: its own slot 1 lies apart from slot 3, so it takes slot 2 and Z's cache
-    trades places into slot 1 (through the spare stream). Z then returns to find its
-    whole cache, and every answer equals the one computed without any cache."""
+    X returns to its own slot 1: running slots {1, 3} are two runs, two passes over the
+    weights a step. After a few steps the engine moves the generation into slot 2 and
+    Z's cache from slot 2 into slot 3 (through the spare stream). Every answer equals the
+    one computed without any cache, batches stay in slot order, and Z then returns to
+    find its whole cache."""
     y, x = (_prompt(llm, f"{q} Answer with one word, no explanation, no punctuation, "
                      "and nothing before or after it.") for q in ("Birds: name one.",
                                                                   "Fish: name one."))
     z = _prompt(llm, "Trees: describe ten kinds, a long sentence on each of them.")
     x2 = x + llm.tokenize(b"Salmon.<|im_end|>\n<|im_start|>user\nAnother one?<|im_end|>\n"
                           b"<|im_start|>assistant\n", add_bos=False, special=True)
+    long_one = _prompt(llm, "Count from one to one hundred in words.")
     fresh = {}
-    for name, prompt in (("x2", x2), ("z", z)):
+    for name, prompt, n in (("x2", x2, 6), ("z", z, 6), ("long", long_one, 30)):
         engine = BatchEngine(llm, n_ctx=256, parallel=1, n_batch=64, n_threads=2, name="f")
         try:
-            fresh[name] = _run(engine, prompt, max_tokens=6)["text"]
+            fresh[name] = _run(engine, prompt, max_tokens=n)["text"]
         finally:
             engine.close()
     engine = BatchEngine(llm, n_ctx=256, parallel=4, n_batch=64, n_threads=2, name="t")
+    seen: list[list[int]] = []
+    decode = engine.ctx.decode
+
+    def recording(batch):
+        b = batch.batch
+        seen.append([b.seq_id[k][0] for k in range(b.n_tokens)])
+        return decode(batch)
+
     try:
-        for prompt in (y, x, z):  # z's cache (prompt and 24 tokens) is worth a swap
+        for prompt in (y, x, z):
             _run(engine, prompt, max_tokens=24 if prompt is z else 4)
+        engine.ctx.decode = recording
         events: queue.Queue = queue.Queue()
-        long_one = _prompt(llm, "Count from one to one hundred in words.")
         engine.submit_many([
-            Sequence(long_one, SamplingParams(max_tokens=40, temperature=0), events.put,
+            Sequence(long_one, SamplingParams(max_tokens=30, temperature=0), events.put,
                      threading.Event(), index=0),
             Sequence(x2, SamplingParams(max_tokens=6, temperature=0), events.put,
                      threading.Event(), index=1)])
         out = _collect(events, 2)
-        assert out[1]["text"] == fresh["x2"]
-        assert engine.swapped_caches == 1
+        assert out[0]["text"] == fresh["long"] and out[1]["text"] == fresh["x2"]
+        assert engine.compactions == 1
+        # X in its own slot 1 beside the generation in 3; the generation ends in slot 2
+        assert set(seen[0]) == {1, 3} and set(seen[-1]) == {2}, seen
+        assert all(ids == sorted(ids) for ids in seen), seen
         before = engine.reused_tokens
         assert _run(engine, z, max_tokens=6)["text"] == fresh["z"]
         assert engine.reused_tokens - before == len(z) - 1  # Z's cache moved, not lost

@@ -75,28 +75,9 @@ def test_running_slots_stay_one_run():
     assert plan_slot([1, 2, 3], 99, {2: [], 4: [], 7: []}, {**running, 3: [7]}, {}).slot == 2
 
 
-def test_returning_conversation_is_copied_next_to_the_running_slots():
+def test_returning_conversation_keeps_its_own_slot_apart_from_the_run():
+    """No copy at admission for the run's sake (a burst fills its own gaps; the engine
+    closes a gap that lasts): the cheapest slot still wins."""
     conv = SYS + [1, 2, 3, 4] + [7, 7]
     running = {0: [5] * 10, 1: [6] * 10}
-    plan = plan_slot(conv + [5, 6], 99, {2: [], 6: conv}, running, {})
-    # Its own slot 6 keeps the cache; slot 2 gets a copy and keeps the run whole.
-    assert plan == SlotPlan(2, len(conv), copy_from=6)
-    # A huge history is still reused in place rather than destroying a bigger cache.
-    big = SYS + [3] * 300
-    plan = plan_slot(conv + [5], 99, {2: big, 6: conv}, running, {})
-    assert plan == SlotPlan(6, len(conv))
-
-
-def test_a_cache_in_the_way_is_swapped_not_destroyed():
-    """With a spare stream, the conversation whose slot is next to the running ones
-    trades places with the returning one: nothing is lost, the run stays whole."""
-    conv, other = SYS + [1, 2, 3, 4] + [7, 7], [9] * 60
-    running = {0: [5] * 10, 1: [6] * 10}
-    free = {2: other, 6: conv}
-    assert plan_slot(conv + [5], 99, free, running, {}, swap=True) == SlotPlan(
-        2, len(conv), copy_from=6, swap=True)
-    # Without a spare stream: the cache in slot 2 (60 tokens) is worth less than a run.
-    assert plan_slot(conv + [5], 99, free, running, {}) == SlotPlan(2, len(conv), 6)
-    # A prefix held by a running slot cannot trade places: a plain copy.
-    plan = plan_slot(SYS + [8], 99, {2: other}, {0: SYS + [5] * 20, 1: [6]}, {}, swap=True)
-    assert plan == SlotPlan(2, len(SYS), copy_from=0)
+    assert plan_slot(conv + [5, 6], 99, {2: [], 6: conv}, running, {}) == SlotPlan(6, len(conv))

@@ -12,9 +12,10 @@ the longest token prefix of its prompt held in any slot and only evaluates the r
 multi-turn chat re-sends its history, a system prompt repeats on every call), taking
 the free slot whose cache it destroys least and copying a longer shared prefix in from
 another slot (clients/llama_cpp/slots.py), so conversations do not evict each other.
-Running slots are kept one run of consecutive ids and each batch is laid out in slot
-order (llama.cpp runs one ubatch per such run); a cache in the way of that is swapped
-through a spare stream into the slot the prefix came from.
+Each batch is laid out in slot order and running slots are kept one run of consecutive
+ids (llama.cpp runs one ubatch per such run): new sequences prefer slots next to the
+run, and a gap that outlasts a few steps is closed by moving a running sequence into it
+(through a spare stream, so the cache held in the gap survives).
 
 Prompt logprobs (``/v1/completions``): a sequence with a ``prompt_logits`` callback gets
 logits at every prompt position from ``score_from`` on, handed to the callback right
@@ -46,7 +47,7 @@ from clients.llama_cpp.internals import (
     new_parallel_context,
     truncate_sequence,
 )
-from clients.llama_cpp.slots import plan_slot
+from clients.llama_cpp.slots import plan_slot, runs
 
 log = logging.getLogger("tandem.llama_cpp")
 
@@ -57,6 +58,9 @@ PromptLogits = Callable[[int, Any], None]
 # buffer by the rows one decode returns (151,936 floats each for Qwen: 39 MB at 64,
 # 311 MB at n_batch 512).
 SCORED_CHUNK = 64
+# Steps a split of the running slots may last before a sequence is moved to close it: a
+# burst of arrivals fills its own gaps within a step or two, for free.
+COMPACT_AFTER = 3
 
 
 @dataclass(eq=False)
@@ -93,8 +97,8 @@ class BatchEngine:
         self.n_vocab = llm.n_vocab()
         self.n_batch = n_batch
         self.parallel = parallel
-        # One stream per slot and a spare one: the scratch space for two free slots'
-        # caches to trade places (slots.py), never decoded in.
+        # One stream per slot and a spare one, never decoded in: the scratch space for a
+        # running sequence and a free slot's cache to trade places (``_compact``).
         self.spare = parallel
         self.ctx, self.batch = new_parallel_context(llm, n_ctx, parallel + 1, n_batch,
                                                     n_threads, lora=lora)
@@ -106,7 +110,8 @@ class BatchEngine:
         self._released = 0
         self.reused_tokens = 0  # prompt tokens served from the prefix cache (for stats)
         self.copied_prefixes = 0  # admissions that copied a shared prefix from another slot
-        self.swapped_caches = 0  # admissions that moved a free slot's cache out of the way
+        self.compactions = 0  # running sequences moved into a gap between running slots
+        self._split_steps = 0  # consecutive steps whose running slots formed 2+ runs
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"llama-batch-{name}",
@@ -178,19 +183,12 @@ class BatchEngine:
         before this sequence's tokens run)."""
         free = {sid: self._slot_tokens.get(sid, []) for sid in self._free_ids}
         running = {s.seq_id: s.fed for s in self._active}
-        plan = plan_slot(prompt, limit, free, running, self._last_used, swap=True)
+        plan = plan_slot(prompt, limit, free, running, self._last_used)
         self._free_ids.remove(plan.slot)
-        displaced = self._slot_tokens.pop(plan.slot, [])
-        if plan.swap:  # the cache in the way moves to the slot the prefix comes from
-            copy_sequence(self.ctx, plan.slot, self.spare)
+        self._slot_tokens.pop(plan.slot, None)
         if plan.copy_from is not None:
             copy_sequence(self.ctx, plan.copy_from, plan.slot)
             self.copied_prefixes += 1
-        if plan.swap:  # llama.cpp runs the three stream copies in this order
-            copy_sequence(self.ctx, self.spare, plan.copy_from)
-            self._slot_tokens[plan.copy_from] = displaced
-            self._last_used[plan.copy_from] = self._last_used.get(plan.slot, -1)
-            self.swapped_caches += 1
         truncate_sequence(self.ctx, plan.slot, plan.reuse)
         self.reused_tokens += plan.reuse
         return plan.slot, plan.reuse
@@ -204,6 +202,32 @@ class BatchEngine:
         self._free_ids.append(seq.seq_id)
         self._released += 1
         self._last_used[seq.seq_id] = self._released
+
+    def _compact(self) -> None:
+        """Running slots in two or more runs for ``COMPACT_AFTER`` steps (each run is one
+        more pass over the weights a step): the highest running sequence moves into the
+        lowest gap, and the cache held there moves to the slot it left (three stream
+        copies through the spare, run by llama.cpp in this order at the next decode;
+        cell metadata moves at once), so no cache is lost. One move per step."""
+        ids = sorted(s.seq_id for s in self._active)
+        if runs(ids) <= 1:
+            self._split_steps = 0
+            return
+        self._split_steps += 1
+        if self._split_steps < COMPACT_AFTER:
+            return
+        gap = next(i for i in range(ids[0], ids[-1]) if i not in ids)
+        seq = max(self._active, key=lambda s: s.seq_id)
+        top = seq.seq_id
+        copy_sequence(self.ctx, gap, self.spare)
+        copy_sequence(self.ctx, top, gap)
+        copy_sequence(self.ctx, self.spare, top)
+        self._free_ids.remove(gap)
+        self._free_ids.append(top)
+        self._slot_tokens[top] = self._slot_tokens.pop(gap, [])
+        self._last_used[top] = self._last_used.pop(gap, -1)
+        seq.seq_id = gap
+        self.compactions += 1
 
     def _plan_chunks(self) -> dict[Sequence, tuple[int, int]]:
         """The prompt chunk each prefilling sequence evaluates this step, as (end, first
@@ -235,6 +259,7 @@ class BatchEngine:
             self._release(seq)
         if not self._active:
             return
+        self._compact()
         chunks = self._plan_chunks()
         scored: list[tuple[Sequence, int, int]] = []  # (seq, position, batch index)
         batch_clear(self.batch)

@@ -16,12 +16,11 @@ its whole history. The plan here keeps caches apart and still reuses shared pref
 - running slots should form one run of consecutive ids: with one KV stream per slot,
   llama.cpp splits a batch into one ubatch (one pass over the weights) per run of
   consecutive sequence ids, so running slots {0, 2, 5, 7} cost four passes a step where
-  {0, 1, 2, 3} cost one (measured on two cores: 88–118 against 50–67 ms a step). Each
-  run after the choice costs ``RUN_COST`` tokens, so a returning conversation whose slot
-  lies apart from the running ones is copied next to them (its old slot keeps its cache);
-- with a spare stream (``swap``), a free slot's cache that a choice would destroy is
-  swapped into the slot the prompt's prefix is copied from instead (three stream
-  copies, costed as three ``MIN_COPY``), so keeping the run whole loses no cache.
+  {0, 1, 2, 3} cost one (bench/batch_layout.py). Among equally cheap slots the one
+  that leaves fewer runs is taken; a returning conversation keeps its own slot even
+  apart from the run (copying it next to the run at once cost every burst of arrivals
+  several stream copies, when the burst fills the gaps anyway): the engine moves a
+  sequence into a gap that outlasts a few steps (``BatchEngine._compact``).
 
 Pure functions over token lists, so the policy is tested without a model.
 """
@@ -35,18 +34,12 @@ from typing import Iterable, Mapping, Sequence
 # a 0.5B model): worth it once it saves this many prompt tokens of evaluation (each
 # ~5 ms on two cores when batched).
 MIN_COPY = 16
-# A second run of running slots costs one more pass over the weights every step (15–25
-# ms here, some 4 batched prompt tokens) for as long as both generate: far more than
-# re-evaluating a destroyed cache of this many tokens once.
-RUN_COST = 128
-
 
 @dataclass(frozen=True)
 class SlotPlan:
     slot: int  # the free slot the sequence takes
     reuse: int  # prompt tokens whose KV it starts with (kept in the slot or copied in)
     copy_from: int | None = None  # slot whose KV stream is copied into ``slot`` first
-    swap: bool = False  # ``slot``'s old cache goes to ``copy_from`` (a free slot) in turn
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -66,12 +59,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def plan_slot(prompt: Sequence[int], limit: int, free: Mapping[int, Sequence[int]],
               running: Mapping[int, Sequence[int]], last_used: Mapping[int, int],
-              min_copy: int = MIN_COPY, swap: bool = False) -> SlotPlan:
+              min_copy: int = MIN_COPY) -> SlotPlan:
     """The slot for ``prompt`` among ``free`` (slot -> cached tokens, at least one), its
     KV reused for at most ``limit`` tokens (and never the last prompt token, which must
     run for logits); ``running`` slots (slot -> tokens whose KV is in place) can only be
-    copied from. ``last_used`` orders slots by release (absent: never used). ``swap``:
-    the engine has a spare stream, so two free slots' caches can trade places."""
+    copied from. ``last_used`` orders slots by release (absent: never used)."""
     cap = max(0, min(limit, len(prompt) - 1))
 
     def shared(tokens: Sequence[int]) -> int:
@@ -86,13 +78,10 @@ def plan_slot(prompt: Sequence[int], limit: int, free: Mapping[int, Sequence[int
         lost = len(free[slot]) - own  # cached tokens this choice destroys
         if source is not None and held[source] - own >= min_copy:
             plan, cost = SlotPlan(slot, held[source], source), lost + min_copy
-            if swap and source in free and lost > 2 * min_copy:
-                plan, cost = SlotPlan(slot, held[source], source, swap=True), 3 * min_copy
         else:
             plan, cost = SlotPlan(slot, own), lost
         cost += len(prompt) - plan.reuse  # tokens evaluated now
-        cost += RUN_COST * runs({*running, slot})
-        return (cost, -own, last_used.get(slot, -1), slot), plan
+        return (cost, runs({*running, slot}), -own, last_used.get(slot, -1), slot), plan
 
     return min((plan_for(slot) for slot in free), key=lambda kp: kp[0])[1]
 

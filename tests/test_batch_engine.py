@@ -171,12 +171,8 @@ def test_shared_system_prompt_is_copied_not_evicted(llm):
         engine.close()
 
 
-def test_batches_go_in_slot_order(llm):
-    """llama.cpp (one KV stream per slot) takes a ubatch only from consecutive sequence
-    ids in batch order: the engine lays each batch out by slot, whatever order requests
-    came in, and keeps the running slots one run. Here the third request returns to the
-    slot it had before (0) while the first two took slots 1 and 2."""
-    engine = BatchEngine(llm, n_ctx=256, parallel=3, n_batch=64, n_threads=2, name="t")
+def _record_batches(engine) -> list[list[int]]:
+    """From now on, the sequence id of every token of every batch the engine decodes."""
     seen: list[list[int]] = []
     decode = engine.ctx.decode
 
@@ -185,10 +181,20 @@ def test_batches_go_in_slot_order(llm):
         seen.append([b.seq_id[k][0] for k in range(b.n_tokens)])
         return decode(batch)
 
+    engine.ctx.decode = recording
+    return seen
+
+
+def test_batches_go_in_slot_order(llm):
+    """llama.cpp (one KV stream per slot) takes a ubatch only from consecutive sequence
+    ids in batch order: the engine lays each batch out by slot, whatever order requests
+    came in, and keeps the running slots one run. Here the third request returns to the
+    slot it had before (0) while the first two took slots 1 and 2."""
+    engine = BatchEngine(llm, n_ctx=256, parallel=3, n_batch=64, n_threads=2, name="t")
     try:
         c = _prompt(llm, "Name three colours.")
         _run(engine, c, max_tokens=3)
-        engine.ctx.decode = recording
+        seen = _record_batches(engine)
         events: queue.Queue = queue.Queue()
         prompts = [_prompt(llm, "Name a river."), _prompt(llm, "Name a city."), c]
         engine.submit_many([Sequence(p, SamplingParams(max_tokens=6, temperature=0),
@@ -225,18 +231,10 @@ def test_gap_between_running_slots_is_closed_and_no_cache_lost(llm):
         finally:
             engine.close()
     engine = BatchEngine(llm, n_ctx=256, parallel=4, n_batch=64, n_threads=2, name="t")
-    seen: list[list[int]] = []
-    decode = engine.ctx.decode
-
-    def recording(batch):
-        b = batch.batch
-        seen.append([b.seq_id[k][0] for k in range(b.n_tokens)])
-        return decode(batch)
-
     try:
         for prompt in (y, x, z):
             _run(engine, prompt, max_tokens=24 if prompt is z else 4)
-        engine.ctx.decode = recording
+        seen = _record_batches(engine)
         events: queue.Queue = queue.Queue()
         engine.submit_many([
             Sequence(long_one, SamplingParams(max_tokens=30, temperature=0), events.put,

@@ -35,6 +35,7 @@ from typing import Iterable, Mapping, Sequence
 # ~5 ms on two cores when batched).
 MIN_COPY = 16
 
+
 @dataclass(frozen=True)
 class SlotPlan:
     slot: int  # the free slot the sequence takes

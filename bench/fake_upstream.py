@@ -7,6 +7,8 @@ A raw ASGI app (no framework) so that its own cost stays far below what is measu
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 CHUNKS = 20
 _COMPLETION = json.dumps({
@@ -59,3 +61,14 @@ async def app(scope, receive, send):
         return
     await send({"type": "http.response.start", "status": 200, "headers": _JSON})
     await send({"type": "http.response.body", "body": _COMPLETION})
+
+
+def start_fake(tmp: Path):
+    """This app in its own uvicorn process on a free loopback port (a ServerProcess)."""
+    from tests.support.servers import ServerProcess, free_port
+
+    port = free_port()
+    return ServerProcess(
+        [sys.executable, "-m", "uvicorn", "bench.fake_upstream:app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        port, "/v1/models", tmp / "fake.log")

@@ -22,7 +22,7 @@ from common import emit_json, machine, print_table  # noqa: I001
 import httpx
 import orjson
 
-from bench.gateway_overhead import start_fake
+from bench.fake_upstream import start_fake
 from tests.support.fault_upstream import FaultUpstream
 from clients.model_store import resolve
 from tests.support.servers import start_gateway

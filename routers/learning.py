@@ -171,18 +171,27 @@ def worker_init(niceness: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def retrain_job(kind: str, version: int, path: str, labels: list[bytes],
+def retrain_job(kind: str, version: int, path: str, labels_from: int, labels: list[bytes],
                 base_labels: str | None, cfg: dict, embedder_name: str,
                 recent: list[bytes]) -> dict:
-    """The retrain, run in a worker process (its GIL is not the server's): labels and
-    recent embeddings arrive as the JSON bytes they are stored as, so decoding them
-    (and pickling them across) costs the server nothing; the shipped labels are
+    """The retrain, run in a worker process (its GIL is not the server's). The worker
+    keeps every label it was sent, decoded; the server sends only the store's labels
+    from index ``labels_from`` on, so what it reads, pickles and sends per retrain is
+    the new labels, not all of them. A worker that holds a different count (a new one,
+    after a crash) answers ``resend`` and is sent everything from 0. Labels and recent
+    embeddings arrive as the JSON bytes they are stored as; the shipped labels are
     embedded once per worker, the serving checkpoint loaded from its file."""
     from types import SimpleNamespace
 
     from routers.base import make_embedder
 
-    decoded = dedupe([orjson.loads(b) for b in labels])
+    seen: list[dict] = _WORKER.setdefault("labels", [])
+    if labels_from != len(seen):
+        if labels_from:
+            return {"outcome": "resend", "labels_seen": len(seen)}
+        seen.clear()
+    seen.extend(orjson.loads(b) for b in labels)
+    decoded = dedupe(seen)
     recent_rows = [orjson.loads(b) for b in recent]
 
     embedder = make_embedder(embedder_name)
@@ -192,8 +201,8 @@ def retrain_job(kind: str, version: int, path: str, labels: list[bytes],
     if ("ckpt", path) not in _WORKER:
         _WORKER[("ckpt", path)] = checkpoint.load(path, embedder.name, embedder.dim)[0]
     current = SimpleNamespace(version=version, path=path, scorer=_WORKER[("ckpt", path)])
-    return retrain(kind, current, decoded, _WORKER[key], SimpleNamespace(**cfg), embedder,
-                   recent_rows)
+    return {**retrain(kind, current, decoded, _WORKER[key], SimpleNamespace(**cfg), embedder,
+                      recent_rows), "labels_seen": len(seen)}
 
 
 def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,

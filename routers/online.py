@@ -83,6 +83,7 @@ class LiveRouter(Router):
         self._retraining: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
         self.trained_on = 0  # label count the current checkpoint has seen
+        self._sent = 0  # labels the retrain worker holds (it is sent only the ones after)
         self.last_retrain: dict[str, Any] | None = None
         self.history: collections.deque[dict] = collections.deque(maxlen=50)
 
@@ -261,8 +262,12 @@ class LiveRouter(Router):
     async def _retrain(self, total: int) -> None:
         started = time.perf_counter()
         try:
-            raw = await self.store.read("router:labels")  # decoded in the worker
-            result = await self._run_job(list(raw))
+            # the labels the worker has not been sent (it keeps the others, decoded)
+            result = await self._run_job(self._sent, await self.store.read(
+                "router:labels", self._sent))
+            if result["outcome"] == "resend":  # a new worker: it needs every label
+                result = await self._run_job(0, await self.store.read("router:labels"))
+            self._sent = result.pop("labels_seen")
             if result["outcome"] == "accepted":
                 scorer, meta = await asyncio.to_thread(
                     checkpoint.load, result["path"], self.embedder.name, self.embedder.dim)
@@ -306,24 +311,31 @@ class LiveRouter(Router):
         if total - self.trained_on >= self.learning_cfg.retrain_every:
             self._retraining = asyncio.get_running_loop().create_task(self._retrain(total))
 
-    async def _run_job(self, labels: list[bytes]) -> dict:
-        """``learning.retrain_job`` in the worker process (started on first use; a
-        crashed worker is replaced on the next retrain)."""
+    async def _run_job(self, labels_from: int, labels: list[bytes],
+                       retry: bool = True) -> dict:
+        """``learning.retrain_job`` in the worker process, sent the store's labels from
+        index ``labels_from`` on. The worker starts on first use; one that died (killed,
+        out of memory) is replaced and the job sent again, once, with every label."""
         if self._executor is None:
+            if labels_from:  # a new worker holds nothing: it is sent every label
+                labels, labels_from = await self.store.read("router:labels"), 0
             self._executor = ProcessPoolExecutor(  # SCHED_IDLE: serving keeps the cores first
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=learning.worker_init, initargs=(15,))
         cfg = self.learning_cfg
         base = cfg.base_labels or learning.labels_of(self.base.source)
-        job = (self.kind, self.current.version, self.current.path, labels, base,
-               cfg.model_dump(exclude={"judge"}), self.embedder.name,
+        job = (self.kind, self.current.version, self.current.path, labels_from, list(labels),
+               base, cfg.model_dump(exclude={"judge"}), self.embedder.name,
                list(self.recent_embeddings))
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, learning.retrain_job, *job)
         except BrokenProcessPool:
             self._executor = None
-            raise
+            if not retry:
+                raise
+            log.warning("router: the retrain worker died; starting a new one")
+            return await self._run_job(labels_from, labels, retry=False)
 
     async def status(self) -> dict:
         threshold, source = self.threshold()

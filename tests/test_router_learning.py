@@ -347,3 +347,34 @@ def test_labels_that_arrive_during_a_retrain_start_the_next_one(local_model_path
         assert len(status["learning"]["history"]) == 2
     finally:
         gw.stop()
+
+
+def test_the_worker_is_sent_only_new_labels_and_a_dead_one_is_replaced(
+        local_model_path, cloud_server, workdir):
+    """Each retrain sends the worker only the labels it has not seen (it keeps the rest),
+    yet trains on all of them; after the worker is killed, the next retrain starts a new
+    one, sends it every label, and does not fail."""
+    gw = start_learning_gateway("incremental", local_model_path, cloud_server.url + "/v1",
+                                workdir, learning={"retrain_every": 2, "poll_s": 3600,
+                                                   "holdout": 0.0})
+
+    def label_two(first: int) -> dict:
+        for i in range(first, first + 2):
+            headers, _ = ask(gw, f"{EASY[i % 6]} (incremental {i})")
+            assert post(gw, "/v1/tandem/feedback", {"request_id": headers["x-request-id"],
+                                                    "score": 1.0}).status_code == 200
+        return _wait_retrain(gw, first + 2)["learning"]["last_retrain"]
+
+    try:
+        assert label_two(0)["traffic_labels"] == 2
+        assert label_two(2)["traffic_labels"] == 4  # 2 sent, 2 kept from before
+        pool = [w for w in _children(gw.proc.pid)
+                if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
+        assert pool, "no retrain worker among the gateway's children"
+        for w in pool:
+            os.kill(w, 9)
+        last = label_two(4)
+        assert last["outcome"] != "failed", last
+        assert last["traffic_labels"] == 6  # the new worker was sent all of them
+    finally:
+        gw.stop()

@@ -136,17 +136,24 @@ _WORKER: dict = {}  # per worker process: embedded shipped labels, loaded checkp
 
 def idle_priority() -> None:
     """Every thread of this process (numpy's BLAS pool is already running) under Linux's
-    SCHED_IDLE: it runs only on a core nothing else wants, and a serving thread that
-    wakes takes the core at once (a nice value alone still leaves it a share, and waits
-    out the scheduler's wake-up granularity). Elsewhere the nice value is all there is."""
+    SCHED_IDLE, and on one core, the last this process may use. SCHED_IDLE: it runs
+    only when nothing else wants the core, and a serving thread that wakes takes it at
+    once (a nice value alone still leaves it a share, and waits out the scheduler's
+    wake-up granularity). One core: an idle-priority job free to move still cost a
+    saturated 2-core gateway ~20% of its throughput and ~30% on p50 (wrk, c=4, against
+    none when pinned: docs/PERFORMANCE.md); pinned, the other cores' caches stay the
+    server's. Elsewhere the nice value is all there is."""
     import os
 
     policy = getattr(os, "SCHED_IDLE", None)
     if policy is None:
         return
+    cpus = sorted(os.sched_getaffinity(0))
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setscheduler(int(tid), policy, os.sched_param(0))
+            if len(cpus) > 1:
+                os.sched_setaffinity(int(tid), {cpus[-1]})
         except OSError:  # a thread that just ended, or a kernel without it
             pass
 

@@ -315,9 +315,11 @@ def test_a_killed_gateway_leaves_no_retrain_worker(local_model_path, cloud_serve
         pool = [w for w in workers  # (the other child is multiprocessing's resource tracker)
                 if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
         assert pool, "no retrain worker among the gateway's children"
-        for w in pool:  # every thread of it (numpy's BLAS pool too) yields to serving
-            for tid in os.listdir(f"/proc/{w}/task"):
+        cpus = sorted(os.sched_getaffinity(0))
+        for w in pool:  # every thread of it (numpy's BLAS pool too) yields to serving,
+            for tid in os.listdir(f"/proc/{w}/task"):  # on one core, the last one
                 assert os.sched_getscheduler(int(tid)) == os.SCHED_IDLE, (w, tid)
+                assert os.sched_getaffinity(int(tid)) == {cpus[-1]}, (w, tid)
     finally:
         gw.proc.kill()
         gw.proc.wait(10)

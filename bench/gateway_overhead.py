@@ -35,13 +35,11 @@ import yaml
 
 from tests.support.servers import ServerProcess, free_port, start_gateway
 from bench.fake_upstream import start_fake
-from wrk_load import cpu_seconds, k6_binary, run_rate, run_wrk
+from wrk_load import BODY, k6_binary, run_rate, run_wrk, with_cpu
 
 LITELLM = ROOT / ".bench-venv" / "bin" / "litellm"
 MASTER_KEY = "sk-" + "5e3c" * 16  # LiteLLM refuses to start without one; sent on every path
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}
-BODY = {"model": "cloud", "messages": [{"role": "user", "content": "Say hello."}],
-        "max_tokens": 16}
 # the same request through /v1/responses (bridged through chat inside the gateway)
 RESPONSES_BODY = {"model": "cloud", "input": "Say hello.", "max_output_tokens": 16}
 
@@ -185,11 +183,8 @@ def main() -> None:
         for rate, name in ([(r, n) for r in rates for n in paths if n != "litellm"]
                            + [(r, "litellm") for r in rates if "litellm" in paths]):
             print(f"... k6 {rate:.0f} req/s {name}", file=sys.stderr)
-            before = cpu_seconds(pids[name])
-            run = run_rate(paths[name], rate, args.seconds, headers=AUTH)
-            run["cpu_ms_per_request"] = (cpu_seconds(pids[name]) - before) * 1e3 / max(
-                1, run["requests"])
-            at_rate[(rate, name)] = run
+            at_rate[(rate, name)] = with_cpu(pids[name], lambda: run_rate(
+                paths[name], rate, args.seconds, headers=AUTH))
         rps = {}
         for name, url in paths.items():
             print(f"... closed loop {name}", file=sys.stderr)

@@ -24,7 +24,7 @@ from common import ROOT, emit_json, machine, print_table  # noqa: I001
 
 from bench.fake_upstream import start_fake
 from tests.support.servers import start_gateway
-from wrk_load import cpu_seconds, run_rate
+from wrk_load import run_rate, with_cpu
 
 
 def main() -> None:
@@ -51,11 +51,8 @@ def main() -> None:
                                            args.seconds))
             for name in (("this", "baseline") if rep % 2 == 0 else ("baseline", "this")):
                 gw = gateways[name]
-                before = cpu_seconds(gw.proc.pid)
-                r = run_rate(gw.url + "/v1/chat/completions", args.rate, args.seconds)
-                r["cpu_ms_per_request"] = (cpu_seconds(gw.proc.pid) - before) * 1e3 / max(
-                    1, r["requests"])
-                runs[name].append(r)
+                runs[name].append(with_cpu(gw.proc.pid, lambda: run_rate(
+                    gw.url + "/v1/chat/completions", args.rate, args.seconds)))
     finally:
         for gw in gateways.values():
             gw.stop()

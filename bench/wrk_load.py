@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from common import ROOT, emit_json, machine, print_table  # noqa: I001
 
@@ -43,6 +44,16 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (and its waited-for children), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(pid: int, run: Callable[[], dict]) -> dict:
+    """``run()``'s figures (with ``requests``) plus ``cpu_ms_per_request``: the CPU the
+    process ``pid`` spent over the run, per request."""
+    before = cpu_seconds(pid)
+    figures = run()
+    figures["cpu_ms_per_request"] = (cpu_seconds(pid) - before) * 1e3 / max(
+        1, figures["requests"])
+    return figures
 
 
 def _ms(value: str) -> float:
@@ -122,10 +133,8 @@ def main() -> None:
             run_wrk(url + "/v1/chat/completions", 8, 2)
         for rep in range(args.reps):
             for name, (server, url) in paths.items():
-                before = cpu_seconds(server.proc.pid)
-                r = run_wrk(url + "/v1/chat/completions", args.connections, args.seconds)
-                r["cpu_ms_per_request"] = (cpu_seconds(server.proc.pid) - before) * 1e3 / max(
-                    1, r["requests"])
+                r = with_cpu(server.proc.pid, lambda: run_wrk(
+                    url + "/v1/chat/completions", args.connections, args.seconds))
                 runs.append({"path": name, "rep": rep + 1, **r})
     finally:
         for s in (bare, gw, fake):

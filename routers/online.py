@@ -262,11 +262,7 @@ class LiveRouter(Router):
     async def _retrain(self, total: int) -> None:
         started = time.perf_counter()
         try:
-            # the labels the worker has not been sent (it keeps the others, decoded)
-            result = await self._run_job(self._sent, await self.store.read(
-                "router:labels", self._sent))
-            if result["outcome"] == "resend":  # a new worker: it needs every label
-                result = await self._run_job(0, await self.store.read("router:labels"))
+            result = await self._run_job(self._sent)
             self._sent = result.pop("labels_seen")
             if result["outcome"] == "accepted":
                 scorer, meta = await asyncio.to_thread(
@@ -311,31 +307,35 @@ class LiveRouter(Router):
         if total - self.trained_on >= self.learning_cfg.retrain_every:
             self._retraining = asyncio.get_running_loop().create_task(self._retrain(total))
 
-    async def _run_job(self, labels_from: int, labels: list[bytes],
-                       retry: bool = True) -> dict:
+    async def _run_job(self, labels_from: int, retry: bool = True) -> dict:
         """``learning.retrain_job`` in the worker process, sent the store's labels from
-        index ``labels_from`` on. The worker starts on first use; one that died (killed,
-        out of memory) is replaced and the job sent again, once, with every label."""
+        index ``labels_from`` on (the worker keeps the others, decoded). The worker starts
+        on first use. Every label is sent instead to a new worker, to one that holds a
+        different count (it answers ``resend``), and again, once, after one died
+        (killed, out of memory)."""
         if self._executor is None:
-            if labels_from:  # a new worker holds nothing: it is sent every label
-                labels, labels_from = await self.store.read("router:labels"), 0
+            labels_from = 0  # a new worker holds nothing
             self._executor = ProcessPoolExecutor(  # SCHED_IDLE: serving keeps the cores first
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=learning.worker_init, initargs=(15,))
         cfg = self.learning_cfg
         base = cfg.base_labels or learning.labels_of(self.base.source)
-        job = (self.kind, self.current.version, self.current.path, labels_from, list(labels),
-               base, cfg.model_dump(exclude={"judge"}), self.embedder.name,
+        job = (self.kind, self.current.version, self.current.path, labels_from,
+               await self.store.read("router:labels", labels_from), base,
+               cfg.model_dump(exclude={"judge"}), self.embedder.name,
                list(self.recent_embeddings))
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, learning.retrain_job, *job)
         except BrokenProcessPool:
             self._executor = None
             if not retry:
                 raise
             log.warning("router: the retrain worker died; starting a new one")
-            return await self._run_job(labels_from, labels, retry=False)
+            return await self._run_job(0, retry=False)
+        if result["outcome"] == "resend":
+            return await self._run_job(0, retry=retry)
+        return result
 
     async def status(self) -> dict:
         threshold, source = self.threshold()

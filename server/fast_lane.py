@@ -14,7 +14,8 @@ objects (server/errors.py).
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from types import MappingProxyType
+from typing import Awaitable, Callable, Mapping
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -43,7 +44,7 @@ class FastLaneApp(FastAPI):
     """FastAPI, except for the POSTs of ``lanes`` (path -> ASGI app, set after the app is
     built, each wrapped in the middleware it needs)."""
 
-    lanes: dict[str, object] = {}
+    lanes: Mapping[str, object] = MappingProxyType({})  # none until create_app sets them
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

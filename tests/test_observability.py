@@ -53,5 +53,9 @@ def test_access_log_is_json_with_request_id_and_no_content(client, gateway):
     assert len(mine) == 1
     entry = mine[0]
     assert entry["route"] == "local" and entry["status"] == 200
-    assert entry["completion_tokens"] == 2 and entry["duration_ms"] > 0
+    # the log agrees with the usage the client got (greedy decoding may stop at EOS after
+    # one token when earlier tests' cache state changes the numerics; 2 is the cap)
+    usage = raw.parse().usage
+    assert 1 <= entry["completion_tokens"] == usage.completion_tokens <= 2
+    assert entry["prompt_tokens"] == usage.prompt_tokens > 0 and entry["duration_ms"] > 0
     assert secret not in gateway.log.read_text()

@@ -2,7 +2,9 @@
 finding names finds.
 
 Latency (the privacy stage's analysis: every detector, the remembered fingerprints, the
-plan), p50 and p90, for three request shapes:
+plan), p50 and p90 with every text seen for the first time, and p50 when the same body
+is sent again (the pure detectors keep results per text, privacy/memo.py: a chat resends
+its history every turn), for three request shapes:
 
 - ``context-80``: ~80 tokens of marked private context and a short instruction;
 - ``prose-500``: a 500-token instruction nobody marked, with names, an organisation, a
@@ -120,11 +122,22 @@ def latency(n: int) -> tuple[list[list[object]], dict]:
         analyzer.start()
         load = time.perf_counter() - t0
         heavy = "ner" in names
+        memos = [d._memo for d in analyzer.detectors if hasattr(d, "_memo")]
+
+        def first_sight(body: dict, memory: Recalled | None) -> None:
+            for memo in memos:  # every text new, as a conversation's first turn
+                memo.clear()
+            analyzer.analyse(body, memory)
+
         for shape, (body, memory) in shapes().items():
-            p50, p90 = timed(lambda: analyzer.analyse(body, memory), max(20, n // 5) if heavy else n)
-            rows.append([label, shape, round(load, 2), round(p50, 2), round(p90, 2)])
+            reps = max(20, n // 5) if heavy else n
+            p50, p90 = timed(lambda: first_sight(body, memory), reps)
+            seen50, _ = timed(lambda: analyzer.analyse(body, memory), reps)
+            rows.append([label, shape, round(load, 2), round(p50, 2), round(p90, 2),
+                         round(seen50, 3)])
             figures[f"{label}|{shape}"] = {"load_s": round(load, 3), "p50_ms": round(p50, 3),
-                                           "p90_ms": round(p90, 3)}
+                                           "p90_ms": round(p90, 3),
+                                           "resent_p50_ms": round(seen50, 3)}
     return rows, figures
 
 
@@ -170,9 +183,9 @@ def main() -> None:
     if args.presidio_python:
         r = presidio(args.presidio_python, args.n)
         rows.append(["Presidio AnalyzerEngine (anchor)", "all three texts", round(r["load_s"], 2),
-                     round(r["p50_ms"], 2), round(r["p90_ms"], 2)])
+                     round(r["p50_ms"], 2), round(r["p90_ms"], 2), "-"])
         figures["presidio"] = r
-    print_table(["detectors", "request", "load s", "p50 ms", "p90 ms"], rows)
+    print_table(["detectors", "request", "load s", "p50 ms", "p90 ms", "resent p50 ms"], rows)
     qrows, qfig = quality()
     print()
     print_table(["names by", "cases found", "recall", "public prompts flagged",

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from privacy.memo import TextMemo
 from privacy.overlap import ContextIndex
 from privacy.pattern import DIGIT, Pattern, shorter
 from privacy.credentials import SECRET_PATTERNS
@@ -199,16 +200,21 @@ class PatternDetector(Detector):
 
     def __init__(self, patterns: tuple[Pattern, ...] = PATTERNS) -> None:
         self.patterns = patterns
+        self._memo: TextMemo[tuple[tuple[str, str], ...]] = TextMemo()
 
     def detect(self, texts: Texts) -> list[Span]:
-        spans = []
-        for text in (*texts.marked, *texts.open):
-            taken: list[tuple[int, int]] = []  # earlier patterns win overlapping matches
-            for p in self.patterns:
-                if p.hint is None or p.hint.search(text):
-                    spans += [Span(value, p.kind, self.name)
-                              for value in _matches(p, text, taken)]
-        return spans
+        return [Span(value, kind, self.name)
+                for text in (*texts.marked, *texts.open)
+                for value, kind in self._memo.get(text, self.find)]
+
+    def find(self, text: str) -> tuple[tuple[str, str], ...]:
+        """(value, kind) of each private value in ``text``."""
+        found: list[tuple[str, str]] = []
+        taken: list[tuple[int, int]] = []  # earlier patterns win overlapping matches
+        for p in self.patterns:
+            if p.hint is None or p.hint.search(text):
+                found += [(value, p.kind) for value in _matches(p, text, taken)]
+        return tuple(found)
 
 
 def _matches(p: Pattern, text: str, taken: list[tuple[int, int]]):

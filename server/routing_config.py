@@ -91,6 +91,10 @@ class LearningConfig(_Strict):
                            "judge a new checkpoint (by a hash of the request id)")
     min_heldout: int = Field(30, ge=1, description="held-out traffic labels needed before "
                              "a new checkpoint is judged (and can serve)")
+    gate_confidence: float = Field(0.8, ge=0, le=1, description="a new checkpoint serves "
+                                   "only if it is no worse on the held-out labels in this "
+                                   "share of paired bootstrap resamples of them (0: the "
+                                   "point estimate alone decides)")
     traffic_weight: float = Field(3.0, gt=0, description="weight of a traffic label "
                                   "against one row of the shipped label set")
     base_labels: str | None = Field(None, description="label file trained on with the "

@@ -122,7 +122,7 @@ def latency(n: int) -> tuple[list[list[object]], dict]:
         analyzer.start()
         load = time.perf_counter() - t0
         heavy = "ner" in names
-        memos = [d._memo for d in analyzer.detectors if hasattr(d, "_memo")]
+        memos = [d.memo for d in analyzer.detectors if hasattr(d, "memo")]
 
         def first_sight(body: dict, memory: Recalled | None) -> None:
             for memo in memos:  # every text new, as a conversation's first turn

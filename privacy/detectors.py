@@ -200,12 +200,12 @@ class PatternDetector(Detector):
 
     def __init__(self, patterns: tuple[Pattern, ...] = PATTERNS) -> None:
         self.patterns = patterns
-        self._memo: TextMemo[tuple[tuple[str, str], ...]] = TextMemo()
+        self.memo: TextMemo[tuple[tuple[str, str], ...]] = TextMemo()
 
     def detect(self, texts: Texts) -> list[Span]:
         return [Span(value, kind, self.name)
                 for text in (*texts.marked, *texts.open)
-                for value, kind in self._memo.get(text, self.find)]
+                for value, kind in self.memo.get(text, self.find)]
 
     def find(self, text: str) -> tuple[tuple[str, str], ...]:
         """(value, kind) of each private value in ``text``."""

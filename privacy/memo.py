@@ -4,7 +4,8 @@ A chat client resends the whole conversation every turn, and an application send
 same system prompt with every request: without a memo, every byte of history is
 scanned again on every turn, so detection grows with the conversation's length instead
 of the new turn's. A detector whose result depends on its text alone (``pii``,
-``names``) keeps one ``TextMemo``. It lives in process memory only (never the state
+``names``, ``ner``; ``remembered``, which keys it with the salt and run length too)
+keeps one ``TextMemo`` as ``memo``. It lives in process memory only (never the state
 store, never a log), bounded by characters and entries, oldest out first.
 """
 

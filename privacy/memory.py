@@ -108,7 +108,7 @@ class RememberedDetector(Detector):
     name = "remembered"
 
     def __init__(self) -> None:
-        self._memo: TextMemo[tuple[tuple[str, int, int], ...]] = TextMemo()
+        self.memo: TextMemo[tuple[tuple[str, int, int], ...]] = TextMemo()
 
     def detect(self, texts: Texts) -> list[Span]:
         memory: Recalled | None = texts.memory
@@ -119,7 +119,7 @@ class RememberedDetector(Detector):
             for n, known in memory.by_length.items():
                 # a run's fingerprint depends on the text, the run length and the key's
                 # salt alone: a history resent turn after turn is hashed once
-                runs = self._memo.get(f"{memory.salt.hex()}:{n}:{text}",
+                runs = self.memo.get(f"{memory.salt.hex()}:{n}:{text}",
                                       lambda _, text=text, n=n: _runs(memory.salt, text, n))
                 spans += [Span(text[a:b], "REMEMBERED", self.name)
                           for fp, a, b in runs if fp in known]

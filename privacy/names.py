@@ -115,7 +115,7 @@ class NameDetector(Detector):
         self.kinds = set(kinds) if kinds is not None else None
         self._first: frozenset[str] | None = None
         self._lock = threading.Lock()
-        self._memo: TextMemo[tuple[tuple[int, int, str], ...]] = TextMemo()
+        self.memo: TextMemo[tuple[tuple[int, int, str], ...]] = TextMemo()
 
     def start(self) -> None:
         with self._lock:
@@ -127,7 +127,7 @@ class NameDetector(Detector):
             self.start()
         spans = []
         for text in texts.open:  # marked texts are private whole already
-            for a, b, kind in self._memo.get(text, self.find):
+            for a, b, kind in self.memo.get(text, self.find):
                 if self.kinds is None or kind in self.kinds:
                     spans.append(Span(text[a:b], kind, self.name))
         return spans

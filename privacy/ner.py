@@ -30,7 +30,7 @@ class NerDetector(Detector):
         self.labels = {k: v for k, v in LABELS.items() if labels is None or k in labels}
         self._nlp = None
         self._lock = threading.Lock()
-        self._memo: TextMemo[tuple[tuple[str, str], ...]] = TextMemo()
+        self.memo: TextMemo[tuple[tuple[str, str], ...]] = TextMemo()
 
     def start(self) -> None:
         with self._lock:
@@ -47,7 +47,7 @@ class NerDetector(Detector):
         if self._nlp is None:
             self.start()
         return [Span(value, kind, self.name)  # marked texts are private whole already
-                for text in texts.open for value, kind in self._memo.get(text, self.find)]
+                for text in texts.open for value, kind in self.memo.get(text, self.find)]
 
     def find(self, text: str) -> tuple[tuple[str, str], ...]:
         """(value, kind) of each entity of ``text``."""

@@ -121,29 +121,28 @@ def partial_apgr(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> fl
     return summary(scores, weak, strong)["apgr"]
 
 
-def _gate_score(scorer, gate: list[dict], dim: int, imputer: Imputer,
-                min_heldout: int) -> tuple[float | None, str]:
-    """APGR on the held-out traffic labels (None with fewer than ``min_heldout``)."""
+def gate_scores(scorers: list, gate: list[dict], dim: int, imputer: Imputer,
+                min_heldout: int) -> tuple[tuple | None, str]:
+    """((each scorer's scores, weak, strong) on the held-out traffic labels, imputed
+    once for all of them; None with fewer than ``min_heldout``), and what was judged."""
     if len(gate) < max(1, min_heldout):
         return None, f"{len(gate)} held-out traffic labels (fewer than {min_heldout})"
     X, weak, strong = imputer.full(gate, dim)
-    return (partial_apgr(np.asarray(scorer.score(X)), weak, strong),
-            f"{len(gate)} held-out traffic labels")
+    return ([np.asarray(s.score(X), float) for s in scorers], weak, strong), \
+        f"{len(gate)} held-out traffic labels"
 
 
-def no_worse_confidence(new, old, gate: list[dict], dim: int, imputer: Imputer,
-                        draws: int = 200) -> float:
+def no_worse_confidence(p_new: np.ndarray, p_old: np.ndarray, weak: np.ndarray,
+                        strong: np.ndarray, draws: int = 200) -> float:
     """Share of paired bootstrap resamples of the held-out labels on which the new
-    scorer's APGR is at least the old one's. A point estimate on a few dozen labels is
+    scores' APGR is at least the old ones'. A point estimate on a few dozen labels is
     mostly noise (bench/router_online.py saw a retrain pass on 31 of them and serve a
     router that full labels put at 0.54 against the old one's 0.60): a narrow win there
     is not backed by the resamples, and keeping the old router is the safe default."""
-    X, weak, strong = imputer.full(gate, dim)
-    p_new, p_old = np.asarray(new.score(X), float), np.asarray(old.score(X), float)
     rng = np.random.default_rng(0)  # deterministic: replicas on the same labels agree
     wins = judged = 0
     for _ in range(draws):
-        i = rng.integers(0, len(gate), len(gate))
+        i = rng.integers(0, len(weak), len(weak))
         a = partial_apgr(p_new[i], weak[i], strong[i])
         b = partial_apgr(p_old[i], weak[i], strong[i])
         if a is None or b is None:  # the strong model no better on this draw
@@ -250,8 +249,11 @@ def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,
     y = np.concatenate([base["y"], yt])
     w = np.concatenate([np.ones(len(base["y"])), np.full(len(yt), cfg.traffic_weight)])
     scorer = SCORERS[kind].train(X, y, weights=w)
-    new_value, on = _gate_score(scorer, gate, dim, imputer, cfg.min_heldout)
-    old_value, _ = _gate_score(current.scorer, gate, dim, imputer, cfg.min_heldout)
+    judged, on = gate_scores([scorer, current.scorer], gate, dim, imputer, cfg.min_heldout)
+    new_value = old_value = None
+    if judged is not None:
+        (p_new, p_old), weak, strong = judged
+        new_value, old_value = (partial_apgr(p, weak, strong) for p in (p_new, p_old))
     figures = {"new_apgr": new_value, "old_apgr": old_value, "gate": on,
                "traffic_labels": len(usable), "trained_rows": int(len(y))}
     if new_value is None:  # nothing to judge it on: wait for held-out labels
@@ -260,8 +262,7 @@ def retrain(kind: str, current, labels: list[dict], base: dict, cfg, embedder,
     if old_value is not None:
         if new_value < old_value - 1e-9:
             return {"outcome": "rejected", **figures}
-        figures["confidence"] = round(no_worse_confidence(scorer, current.scorer, gate, dim,
-                                                          imputer), 3)
+        figures["confidence"] = round(no_worse_confidence(p_new, p_old, weak, strong), 3)
         if figures["confidence"] < cfg.gate_confidence:
             return {"outcome": "rejected", "reason": "no worse on the held-out labels, but "
                     f"in only {figures['confidence']:.0%} of bootstrap resamples of them "

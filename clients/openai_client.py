@@ -1,10 +1,13 @@
 """Any OpenAI-compatible HTTP server as a chat client (vLLM, OpenAI, llama.cpp's server).
 
-One pooled ``aiohttp.ClientSession`` per upstream: on the gateway's hot path aiohttp's
-C parser costs about half of httpx's round trip (300 vs 630 µs measured against the
-same fast upstream, docs/PERFORMANCE.md). Connect errors, 429 and 5xx are retried with
-exponential backoff and jitter, but only before the first byte of the answer: after
-that a retry would show the caller text twice.
+Non-streamed requests (chat, completions, embeddings, token scoring) go through
+clients/http1.py, a pool of keep-alive HTTP/1.1 connections that sends each request in
+one write and reads the whole answer (~0.06 ms of CPU a request against aiohttp's ~0.2,
+docs/PERFORMANCE.md). Streams and readiness probes use one pooled
+``aiohttp.ClientSession`` per upstream (its C parser costs about half of httpx's round
+trip). Connect errors, 429 and 5xx are retried with exponential backoff and jitter, but
+only before the first byte of the answer: after that a retry would show the caller text
+twice.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from clients.base import (
     register_backend,
 )
 from clients.errors import InvalidRequest, UpstreamError
+from clients.http1 import Http1Pool, Reply, UpstreamIOError
 from clients.tool_deltas import without_repeats
 from privacy.guard import check_egress
 
@@ -68,6 +72,14 @@ def _retry_after(headers) -> float | None:
         return None
 
 
+class _NotSent(Exception):
+    """An attempt that never reached the upstream (connect failed): always safe to retry."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @register_backend("openai")
 class OpenAIClient(ChatClient):
     capabilities = Capabilities(tools=True, json_schema=True, logprobs=True, local=False,
@@ -78,6 +90,7 @@ class OpenAIClient(ChatClient):
         self.config = config
         self.origin = _origin(config.base_url)
         self._http: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self.base_url = base = config.base_url.rstrip("/")
         self._url = base + "/chat/completions"
         self._completions_url = base + "/completions"
@@ -100,8 +113,13 @@ class OpenAIClient(ChatClient):
             auto_decompress=True,
             raise_for_status=False,
         )
+        self._pool = Http1Pool(cfg.base_url, headers, cfg.max_connections,
+                               cfg.connect_timeout_s, cfg.read_timeout_s)
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -167,13 +185,20 @@ class OpenAIClient(ChatClient):
 
     def _transport_error(self, err: BaseException) -> UpstreamError:
         where = f"upstream '{self.name}' ({self.origin})"
-        if isinstance(err, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            kind = "connect" if isinstance(err, aiohttp.ConnectionTimeoutError) else "read"
-            return UpstreamError(f"{where} timed out ({kind})", status=504, code="upstream_timeout")
-        if isinstance(err, aiohttp.ClientConnectorError):
+        kind = err.kind if isinstance(err, UpstreamIOError) else None
+        if kind in ("connect_timeout", "read_timeout") or isinstance(
+                err, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            phase = ("connect" if kind == "connect_timeout"
+                     or isinstance(err, aiohttp.ConnectionTimeoutError) else "read")
+            return UpstreamError(f"{where} timed out ({phase})", status=504,
+                                 code="upstream_timeout")
+        if kind == "unreachable" or isinstance(err, aiohttp.ClientConnectorError):
             return UpstreamError(f"{where} is unreachable", status=503, code="upstream_unavailable")
-        if isinstance(err, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        if kind == "closed" or isinstance(err, (aiohttp.ClientPayloadError,
+                                                aiohttp.ServerDisconnectedError)):
             return UpstreamError(f"{where} closed the connection early", status=502)
+        if kind == "malformed":
+            return UpstreamError(f"{where} sent a malformed response ({err})", status=502)
         return UpstreamError(f"{where}: {type(err).__name__}", status=502)
 
     async def _backoff(self, attempt: int, retry_after: float | None) -> bool:
@@ -190,33 +215,63 @@ class OpenAIClient(ChatClient):
         return await self.post(url, self._payload(body))
 
     async def post(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
-        """POST ``payload`` to ``url`` on this upstream until a 2xx response head arrives,
-        retrying what is safe to retry. Every outbound request of this backend (chat, and
-        token scoring through ``/completions``) goes through here, so the egress guard
-        checks the exact bytes here, before the first attempt."""
+        """``payload`` POSTed to ``url`` until a 2xx response head arrives, for reading as
+        it comes (streams)."""
+        return await self._until_ok(url, payload, self._open_once)
+
+    async def fetch(self, url: str, payload: bytes) -> Reply:
+        """``payload`` POSTed to ``url`` until a whole 2xx response arrives (everything
+        that is not a stream)."""
+        return await self._until_ok(url, payload, self._fetch_once)
+
+    async def _open_once(self, url: str, payload: bytes):
+        try:
+            resp = await self.http.post(url, data=payload)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+            raise _NotSent(self._transport_error(err)) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            raise self._transport_error(err) from None
+        if resp.status < 300:
+            return resp
+        try:
+            content = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            content = b""
+        finally:
+            resp.release()
+        return Reply(resp.status, resp.headers, content)
+
+    async def _fetch_once(self, url: str, payload: bytes) -> Reply:
+        if self._pool is None:
+            raise UpstreamError(f"upstream '{self.name}' is not started", status=503)
+        try:
+            return await self._pool.post(url, payload)
+        except UpstreamIOError as err:
+            if err.before_sending:
+                raise _NotSent(self._transport_error(err)) from None
+            raise self._transport_error(err) from None
+
+    async def _until_ok(self, url: str, payload: bytes, once):
+        """Every outbound request of this backend (chat, embeddings, and token scoring
+        through ``/completions``) goes through here, so the egress guard checks the exact
+        bytes here, before the first attempt. ``once`` sends one attempt: its success, a
+        ``Reply`` for a non-2xx answer, or ``_NotSent`` when nothing reached the upstream;
+        those and 429/5xx are retried."""
         check_egress(self.name, url, payload)
         attempt = 0
         while True:
             try:
-                resp = await self.http.post(url, data=payload)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
+                result = await once(url, payload)
+            except _NotSent as failed:
                 if await self._backoff(attempt, None):
                     attempt += 1
                     continue
-                raise self._transport_error(err) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                raise self._transport_error(err) from None
-            if resp.status < 300:
-                return resp
-            try:
-                content = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                content = b""
-            finally:
-                resp.release()
-            error = self._error_for_status(resp.status, content, resp.headers)
-            if resp.status in RETRY_STATUSES and await self._backoff(
-                attempt, _retry_after(resp.headers)
+                raise failed.error from None
+            if not isinstance(result, Reply) or result.status < 300:
+                return result
+            error = self._error_for_status(result.status, result.body, result.headers)
+            if result.status in RETRY_STATUSES and await self._backoff(
+                attempt, _retry_after(result.headers)
             ):
                 attempt += 1
                 continue
@@ -249,15 +304,9 @@ class OpenAIClient(ChatClient):
             raise
 
     async def _call(self, body: ChatBody, url: str, expect: str = "choices") -> dict:
-        resp = await self._send(body, url)
+        reply = await self.fetch(url, self._payload(body))
         try:
-            content = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            raise self._transport_error(err) from None
-        finally:
-            resp.release()
-        try:
-            data = orjson.loads(content)
+            data = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"upstream '{self.name}' ({self.origin}) sent invalid JSON") from None
         if not isinstance(data, dict) or expect not in data:

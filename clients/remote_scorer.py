@@ -87,13 +87,11 @@ class RemoteScorer(TokenScorer):
             body["prompt"] = self.llm.detokenize(tokens, special=True).decode("utf-8", "replace")
             if self._table is None:
                 self._table = await asyncio.to_thread(piece_table, self.llm)
-        resp = await self.upstream.post(self.url, orjson.dumps(body))
+        reply = await self.upstream.fetch(self.url, orjson.dumps(body))
         try:
-            payload = orjson.loads(await resp.read())
+            payload = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
             raise self._bad("its response is not JSON") from None
-        finally:
-            resp.release()
         try:
             choice = payload["choices"][0]
             if self.dialect == "vllm":

@@ -51,7 +51,8 @@ class OpenAIModelConfig(_Strict):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
-    max_connections: int = Field(256, ge=1)
+    max_connections: int = Field(256, ge=1, description="open connections per pool: one "
+                                 "for answers read whole, one for streams")
     n_ctx: int | None = Field(None, ge=1, description="context window, when known")
     price_input_per_mtok: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
     price_output_per_mtok: float = Field(0.0, ge=0, description="USD per 1M completion tokens")

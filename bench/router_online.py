@@ -12,9 +12,16 @@ do), so the numbers are the router's, not the models'.
 Also measured: the actual cloud share of the replayed traffic against the target,
 the policy decision time inside the gateway (its own histogram), and, over a further
 ``--load`` requests with feedback on each (so retrains run while requests are served),
-the latency of requests that started during a retrain against the others.
+the latency of requests that started during a retrain against the others. That split
+is not random (retrain windows fall where feedback has just piled up), so
+``--placebo-reps N`` adds a control: N pairs of runs, one whose retrains are placebos
+that sleep as long as the real ones took and do nothing (bench/placebo/), then a real
+one. Requests in real retrain windows are then compared with requests in placebo
+windows, pooled over the pairs, against the same permutation band: a retrain costs
+serving p99 only if the real windows are slower than the placebo ones beyond chance.
 
     .venv/bin/python bench/router_online.py [--labels FILE] [--mix gsm8k,mbpp,...]
+        [--placebo-reps 3]
 """
 
 from __future__ import annotations
@@ -153,7 +160,7 @@ def decision_p(metrics: str, bound: str = "0.005") -> tuple[float, int]:
     return (le / count if count else float("nan")), count
 
 
-async def run(args, rows: list[dict], tmp: Path) -> dict:
+async def run(args, rows: list[dict], tmp: Path, env: dict[str, str] | None = None) -> dict:
     mix = args.mix.split(",") if args.mix else pick_mix(rows, args.mix_types)
     base_rows = [r for r in rows if task_type(r) not in mix]
     mix_rows = [r for r in rows if task_type(r) in mix]
@@ -165,7 +172,7 @@ async def run(args, rows: list[dict], tmp: Path) -> dict:
     train(args.kind, str(base), str(ckpt), args.embedder, 0.2)
     fake = start_fake(tmp)
     gw = start_gateway(config(fake.url + "/v1", ckpt, base, tmp, args.kind, args.cloud_fraction,
-                              args.explore, args.embedder), tmp, name="online")
+                              args.explore, args.embedder), tmp, name="online", env=env)
     log: list[dict] = []
     out: dict = {"mix": mix, "traffic": len(traffic), "held_out": len(held),
                  "base_rows": len(base_rows), "stages": []}
@@ -200,8 +207,33 @@ async def run(args, rows: list[dict], tmp: Path) -> dict:
     out["decision_share_le_5ms"], out["decisions"] = decision_p(metrics)
     out["decision_share_le_1ms"], _ = decision_p(metrics, "0.001")
     out["windows"] = [(r["at"] - r["seconds"], r["at"]) for r in final["learning"]["history"]]
+    out["retrain_s"] = [r["seconds"] for r in final["learning"]["history"]]
     out["log"] = log
     return out
+
+
+def latency_split(out: dict) -> dict:
+    """Latencies of requests that started during a retrain window and outside all, the
+    p99 ratio of the two and its permutation noise band."""
+    windows = out["windows"]
+    inside = [any(a <= e["start"] <= b for a, b in windows) for e in out["log"]]
+    during = [e["latency"] for e, i in zip(out["log"], inside) if i]
+    outside = [e["latency"] for e, i in zip(out["log"], inside) if not i]
+    ratio = (percentile(during, 99) / percentile(outside, 99)) if during and outside else None
+    return {"during": during, "outside": outside, "ratio": ratio,
+            "noise": p99_noise(during, outside), "windows": len(windows)}
+
+
+def measure(args, rows: list[dict], placebo_s: float | None = None) -> dict:
+    """One run of the whole replay; with ``placebo_s``, its retrains are placebos
+    (bench/placebo/sitecustomize.py) that sleep that long."""
+    env = None
+    if placebo_s is not None:
+        env = {"TANDEM_BENCH_PLACEBO_S": f"{placebo_s:.3f}",
+               "PYTHONPATH": str(ROOT / "bench" / "placebo")}
+    with tempfile.TemporaryDirectory() as d:
+        out = asyncio.run(run(args, rows, Path(d), env))
+    return {**out, **latency_split(out)}
 
 
 def main() -> None:
@@ -216,19 +248,20 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--load", type=int, default=300,
                     help="requests replayed after the stages, to measure latency in retrains")
+    ap.add_argument("--placebo-reps", type=int, default=0,
+                    help="after the run, this many more pairs of runs, placebo then real: "
+                         "the placebo's retrains sleep as long as the real ones took and "
+                         "do nothing, a control for the during/outside split")
     args = ap.parse_args()
     rows = read_jsonl(args.labels)
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        out = asyncio.run(run(args, rows, tmp))
-    windows = out["windows"]
-    during = [e["latency"] for e in out["log"]
-              if any(a <= e["start"] <= b for a, b in windows)]
-    outside = [e["latency"] for e in out["log"]
-               if not any(a <= e["start"] <= b for a, b in windows)]
+    out = measure(args, rows)
+    real, placebo = [out], []
+    for _ in range(args.placebo_reps):
+        seconds = float(np.median(real[-1]["retrain_s"])) if real[-1]["retrain_s"] else 0.5
+        placebo.append(measure(args, rows, placebo_s=seconds))
+        real.append(measure(args, rows))
+    during, outside, ratio, noise = (out[k] for k in ("during", "outside", "ratio", "noise"))
     actual = float(np.mean([e["strong"] for e in out["log"]])) if out["log"] else float("nan")
-    ratio = (percentile(during, 99) / percentile(outside, 99)) if during and outside else None
-    noise = p99_noise(during, outside)
     print(f"router_online: {machine()}; {args.labels}; mix {','.join(out['mix'])}: "
           f"{out['traffic']} replayed, {out['held_out']} held out; base router {args.kind} on "
           f"{out['base_rows']} prompts of the other types; cloud_fraction "
@@ -244,11 +277,45 @@ def main() -> None:
     print(f"request latency p50/p99 outside retrains: {percentile(outside, 50) * 1000:.1f} / "
           f"{percentile(outside, 99) * 1000:.1f} ms (n={len(outside)}); during a retrain: "
           f"{percentile(during, 50) * 1000:.1f} / {percentile(during, 99) * 1000:.1f} ms "
-          f"(n={len(during)}; {len(windows)} retrains)")
+          f"(n={len(during)}; {out['windows']} retrains)")
     if ratio is not None:
         print(f"p99 during / outside: {ratio:.2f}; by chance alone (permutation, 95th "
               f"percentile) up to {noise:.2f}: "
               + ("within noise" if ratio <= noise else "ABOVE noise"))
+    figures = {}
+    if placebo:
+        print("p99 during / outside retrain windows, real retrains against placebos that "
+              "sleep as long and do nothing:")
+        print_table(["run", "retrains", "median retrain s", "p50 outside / during ms",
+                     "p99 ratio", "permutation band"],
+                    [[f"{name} {i + 1}", r["windows"],
+                      round(float(np.median(r["retrain_s"])), 3) if r["retrain_s"] else "-",
+                      f"{percentile(r['outside'], 50) * 1000:.1f} / "
+                      f"{percentile(r['during'], 50) * 1000:.1f}",
+                      round(r["ratio"], 3), round(r["noise"], 3)]
+                     for name, runs in (("real", real), ("placebo", placebo))
+                     for i, r in enumerate(runs)])
+        # the control proper: requests in real retrain windows against requests in
+        # placebo windows (same split, same replay, runs interleaved), pooled over reps
+        paired = real[1:]
+        real_during = [x for r in paired for x in r["during"]]
+        placebo_during = [x for r in placebo for x in r["during"]]
+        real_outside = [x for r in paired for x in r["outside"]]
+        placebo_outside = [x for r in placebo for x in r["outside"]]
+        cost = percentile(real_during, 99) / percentile(placebo_during, 99)
+        cost_band = p99_noise(real_during, placebo_during)
+        base = percentile(real_outside, 99) / percentile(placebo_outside, 99)
+        print(f"p99 in real retrain windows / in placebo windows, {len(paired)} pairs pooled: "
+              f"{cost:.3f} (n={len(real_during)} / {len(placebo_during)}); by chance alone "
+              f"up to {cost_band:.3f}: "
+              + ("within noise: no retrain cost on serving p99 beyond chance"
+                 if cost <= cost_band else "ABOVE noise: retrains cost serving p99")
+              + f"; outside the windows, real / placebo {base:.3f}")
+        figures = {"p99_ratio_real_runs": [round(r["ratio"], 3) for r in real],
+                   "p99_ratio_placebo_runs": [round(r["ratio"], 3) for r in placebo],
+                   "p99_real_over_placebo_during": round(cost, 3),
+                   "p99_real_over_placebo_noise_95": round(cost_band, 3),
+                   "p99_real_over_placebo_outside": round(base, 3)}
     emit_json({"bench": "router_online", "mix": out["mix"], "kind": args.kind,
                **{f"apgr_after_{s['events']}": round(s["apgr"], 4) for s in out["stages"]},
                "versions": [s["version"] for s in out["stages"]],
@@ -259,7 +326,7 @@ def main() -> None:
                "p99_ms_during_retrain": round(percentile(during, 99) * 1000, 2)
                if during else None, "during_n": len(during),
                "p99_ratio_during_retrain": round(ratio, 3) if ratio is not None else None,
-               "p99_ratio_noise_95": round(noise, 3)})
+               "p99_ratio_noise_95": round(noise, 3), **figures})
 
 
 if __name__ == "__main__":

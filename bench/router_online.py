@@ -226,10 +226,11 @@ def latency_split(out: dict) -> dict:
 
 def measure(args, rows: list[dict], placebo_s: float | None = None) -> dict:
     """One run of the whole replay; with ``placebo_s``, its retrains are placebos
-    (bench/placebo/sitecustomize.py) that sleep that long."""
+    (bench/placebo/sitecustomize.py) that sleep, or spin, that long."""
     env = None
     if placebo_s is not None:
         env = {"TANDEM_BENCH_PLACEBO_S": f"{placebo_s:.3f}",
+               "TANDEM_BENCH_PLACEBO_KIND": args.placebo_kind,
                "PYTHONPATH": str(ROOT / "bench" / "placebo")}
     with tempfile.TemporaryDirectory() as d:
         out = asyncio.run(run(args, rows, Path(d), env))
@@ -252,6 +253,9 @@ def main() -> None:
                     help="after the run, this many more pairs of runs, placebo then real: "
                          "the placebo's retrains sleep as long as the real ones took and "
                          "do nothing, a control for the during/outside split")
+    ap.add_argument("--placebo-kind", choices=("sleep", "burn"), default="sleep",
+                    help="the placebo sleeps, or spins on its core in L1 (the CPU a "
+                         "retrain takes, without its memory traffic)")
     args = ap.parse_args()
     rows = read_jsonl(args.labels)
     out = measure(args, rows)
@@ -285,7 +289,7 @@ def main() -> None:
     figures = {}
     if placebo:
         print("p99 during / outside retrain windows, real retrains against placebos that "
-              "sleep as long and do nothing:")
+              f"{args.placebo_kind} as long and do nothing:")
         print_table(["run", "retrains", "median retrain s", "p50 outside / during ms",
                      "p99 ratio", "permutation band"],
                     [[f"{name} {i + 1}", r["windows"],

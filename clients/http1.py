@@ -18,9 +18,13 @@ import asyncio
 import ssl
 import zlib
 from dataclasses import dataclass
+from typing import Mapping
 from urllib.parse import urlsplit
 
 import httptools
+
+
+BEFORE_SENDING = frozenset({"connect_timeout", "unreachable"})  # safe to retry
 
 
 class UpstreamIOError(Exception):
@@ -34,13 +38,13 @@ class UpstreamIOError(Exception):
 
     @property
     def before_sending(self) -> bool:
-        return self.kind in ("connect_timeout", "unreachable")
+        return self.kind in BEFORE_SENDING
 
 
 @dataclass(slots=True)
 class Reply:
     status: int
-    headers: dict[str, str]  # names lower-cased; a repeated header keeps its last value
+    headers: Mapping[str, str]  # names lower-cased; a repeated header keeps its last value
     body: bytes
 
 

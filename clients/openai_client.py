@@ -30,7 +30,7 @@ from clients.base import (
     register_backend,
 )
 from clients.errors import InvalidRequest, UpstreamError
-from clients.http1 import Http1Pool, Reply, UpstreamIOError
+from clients.http1 import BEFORE_SENDING, Http1Pool, Reply, UpstreamIOError
 from clients.tool_deltas import without_repeats
 from privacy.guard import check_egress
 
@@ -70,6 +70,29 @@ def _retry_after(headers) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+# how each kind of transport failure reaches the caller: (what happened, status, code)
+_TRANSPORT_ERRORS = {
+    "connect_timeout": ("timed out (connect)", 504, "upstream_timeout"),
+    "read_timeout": ("timed out (read)", 504, "upstream_timeout"),
+    "unreachable": ("is unreachable", 503, "upstream_unavailable"),
+    "closed": ("closed the connection early", 502, None),
+}
+
+
+def _failure_kind(err: BaseException) -> str | None:
+    """An http1 failure's kind, or the same kind for aiohttp's (streams) exceptions."""
+    if isinstance(err, UpstreamIOError):
+        return err.kind
+    if isinstance(err, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return ("connect_timeout" if isinstance(err, aiohttp.ConnectionTimeoutError)
+                else "read_timeout")
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return "unreachable"
+    if isinstance(err, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return "closed"
+    return None
 
 
 class _NotSent(Exception):
@@ -127,8 +150,17 @@ class OpenAIClient(ChatClient):
     @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
-            raise UpstreamError(f"upstream '{self.name}' is not started", status=503)
+            raise self._not_started()
         return self._http
+
+    @property
+    def pool(self) -> Http1Pool:
+        if self._pool is None:
+            raise self._not_started()
+        return self._pool
+
+    def _not_started(self) -> UpstreamError:
+        return UpstreamError(f"upstream '{self.name}' is not started", status=503)
 
     def context_window(self) -> int | None:
         return self.config.n_ctx
@@ -185,21 +217,19 @@ class OpenAIClient(ChatClient):
 
     def _transport_error(self, err: BaseException) -> UpstreamError:
         where = f"upstream '{self.name}' ({self.origin})"
-        kind = err.kind if isinstance(err, UpstreamIOError) else None
-        if kind in ("connect_timeout", "read_timeout") or isinstance(
-                err, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            phase = ("connect" if kind == "connect_timeout"
-                     or isinstance(err, aiohttp.ConnectionTimeoutError) else "read")
-            return UpstreamError(f"{where} timed out ({phase})", status=504,
-                                 code="upstream_timeout")
-        if kind == "unreachable" or isinstance(err, aiohttp.ClientConnectorError):
-            return UpstreamError(f"{where} is unreachable", status=503, code="upstream_unavailable")
-        if kind == "closed" or isinstance(err, (aiohttp.ClientPayloadError,
-                                                aiohttp.ServerDisconnectedError)):
-            return UpstreamError(f"{where} closed the connection early", status=502)
+        kind = _failure_kind(err)
+        if kind in _TRANSPORT_ERRORS:
+            what, status, code = _TRANSPORT_ERRORS[kind]
+            return UpstreamError(f"{where} {what}", status=status, code=code)
         if kind == "malformed":
             return UpstreamError(f"{where} sent a malformed response ({err})", status=502)
         return UpstreamError(f"{where}: {type(err).__name__}", status=502)
+
+    def _attempt_failed(self, err: BaseException) -> Exception:
+        """What one failed attempt raises: ``_NotSent`` (retried) when nothing reached
+        the upstream, else the caller's error."""
+        error = self._transport_error(err)
+        return _NotSent(error) if _failure_kind(err) in BEFORE_SENDING else error
 
     async def _backoff(self, attempt: int, retry_after: float | None) -> bool:
         """Sleep before attempt ``attempt + 1``; False when no retry is left or worth it."""
@@ -227,10 +257,8 @@ class OpenAIClient(ChatClient):
     async def _open_once(self, url: str, payload: bytes):
         try:
             resp = await self.http.post(url, data=payload)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as err:
-            raise _NotSent(self._transport_error(err)) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            raise self._transport_error(err) from None
+            raise self._attempt_failed(err) from None
         if resp.status < 300:
             return resp
         try:
@@ -242,14 +270,10 @@ class OpenAIClient(ChatClient):
         return Reply(resp.status, resp.headers, content)
 
     async def _fetch_once(self, url: str, payload: bytes) -> Reply:
-        if self._pool is None:
-            raise UpstreamError(f"upstream '{self.name}' is not started", status=503)
         try:
-            return await self._pool.post(url, payload)
+            return await self.pool.post(url, payload)
         except UpstreamIOError as err:
-            if err.before_sending:
-                raise _NotSent(self._transport_error(err)) from None
-            raise self._transport_error(err) from None
+            raise self._attempt_failed(err) from None
 
     async def _until_ok(self, url: str, payload: bytes, once):
         """Every outbound request of this backend (chat, embeddings, and token scoring

@@ -4,56 +4,20 @@ of the same model, vLLM's prompt_logprobs and token-id spelling, streaming, erro
 
 from __future__ import annotations
 
-import queue
-import threading
-
 import httpx
 import numpy as np
 import openai
 import pytest
-from llama_cpp import Llama
 
 from clients.base import Capabilities, ChatClient, Readiness
 from clients.errors import InvalidRequest
-from clients.llama_cpp.batch_engine import SCORED_CHUNK, BatchEngine, Sequence
-from clients.llama_cpp.decoding import SamplingParams
 from routers.policy import Policy
 from server.auth import hash_key
 from server.completions import choose_model
+from tests.support.logits_reference import SHAPE_TOL, TOL, ids, ref, ref_logprobs  # noqa: F401
 from tests.support.servers import start_gateway
 
 PROMPT = "def fibonacci(n):\n    "
-# llama.cpp's numbers depend on the kernels, which depend on the batch shape and the
-# attention path: measured here, a reference evaluating prompt + completion as one batch
-# is off by up to 0.07 nats, one without flash attention (which the engine's context
-# gets from llama.cpp's AUTO on CPU) by up to 0.26. The reference below replays the
-# engine's shapes (the prompt as one batch, then one token per decode) with flash
-# attention, and then agrees to 1e-8; the tolerance is for other machines' kernels.
-TOL = 1e-3
-SHAPE_TOL = 0.1  # comparing runs whose batch shapes differ (measured up to 0.07)
-
-
-@pytest.fixture(scope="module")
-def ref(local_model_path) -> Llama:
-    return Llama(str(local_model_path), logits_all=True, n_ctx=128, n_batch=128,
-                 flash_attn=True, verbose=False)
-
-
-def ref_logprobs(ref: Llama, prompt: list[int], generated: list[int] = (),
-                 chunk: int = 512) -> np.ndarray:
-    """Row i: log-softmax of the logits after (prompt + generated)[: i + 1] (float64)."""
-    ref.reset()
-    for start in range(0, len(prompt), chunk):
-        ref.eval(prompt[start : start + chunk])
-    for token in generated:
-        ref.eval([token])
-    x = np.asarray(ref.scores[: len(prompt) + len(generated)], dtype=np.float64)
-    m = x.max(axis=1, keepdims=True)
-    return x - (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))
-
-
-def ids(ref: Llama, text: str) -> list[int]:
-    return ref.tokenize(text.encode(), add_bos=True, special=True)
 
 
 def test_text_and_token_id_prompts_complete_alike(client, ref):
@@ -304,62 +268,6 @@ def test_whole_vocabulary_prompt_logprobs(open_gateway, ref):
     assert len(top) == n_vocab and all(k.startswith("token_id:") for k in top)
 
 
-def _run_engine(engine: BatchEngine, seq: Sequence) -> tuple:
-    events: queue.Queue = queue.Queue()
-    seq.emit, seq.cancel = events.put, threading.Event()
-    engine.submit(seq)
-    while True:
-        event = events.get(timeout=60)
-        assert event[0] != "error", event
-        if event[0] == "finish":
-            return event
-
-
-def test_engine_prompt_logits_skip_the_cache_and_keep_it_for_chat(ref):
-    engine = BatchEngine(ref, n_ctx=128, parallel=2, n_batch=8, n_threads=2, name="t")
-    try:
-        tokens = ids(ref, "one two three four five six seven eight nine ten")
-        greedy = SamplingParams(max_tokens=1, temperature=0)
-        _run_engine(engine, Sequence(tokens, greedy, None, None))
-        reused = engine.reused_tokens
-        rows: dict[int, np.ndarray] = {}
-        seq = Sequence(tokens, SamplingParams(max_tokens=0, temperature=0), None, None,
-                       prompt_logits=lambda pos, row: rows.__setitem__(pos, row.copy()))
-        assert _run_engine(engine, seq)[2:] == ("length", 0)
-        assert engine.reused_tokens == reused  # nothing taken from the cache
-        assert sorted(rows) == list(range(len(tokens) - 1))  # chunked over n_batch 8
-        expected = ref_logprobs(ref, tokens, chunk=8)
-        for pos, row in rows.items():
-            x = row.astype(np.float64)
-            lp = x - np.logaddexp.reduce(x)
-            assert np.abs(lp - expected[pos]).max() < TOL
-        # The chat cache survived in the other slot: a repeat reuses it.
-        _run_engine(engine, Sequence(tokens, greedy, None, None))
-        assert engine.reused_tokens == reused + len(tokens) - 1
-    finally:
-        engine.close()
-
-
-def test_engine_scores_long_prompts_in_bounded_chunks(ref):
-    """Past SCORED_CHUNK positions per decode the prompt goes on in the next step (the
-    output buffer stays small) and every position is still scored, in order."""
-    engine = BatchEngine(ref, n_ctx=128, parallel=1, n_batch=128, n_threads=2, name="t")
-    try:
-        tokens = ids(ref, " ".join(str(i) for i in range(60)))[:100]
-        assert len(tokens) > SCORED_CHUNK
-        rows: dict[int, np.ndarray] = {}
-        seq = Sequence(tokens, SamplingParams(max_tokens=0, temperature=0), None, None,
-                       prompt_logits=lambda pos, row: rows.__setitem__(pos, row.copy()))
-        _run_engine(engine, seq)
-        assert list(rows) == list(range(len(tokens) - 1))
-        expected = ref_logprobs(ref, tokens, chunk=SCORED_CHUNK)
-        got = np.stack([rows[p] for p in range(len(tokens) - 1)]).astype(np.float64)
-        got -= np.logaddexp.reduce(got, axis=1, keepdims=True)
-        assert np.abs(got - expected[:-1]).max() < TOL
-    finally:
-        engine.close()
-
-
 class _ChatOnly(ChatClient):
     """A client that declares no completions (as composite clients do)."""
 
@@ -392,31 +300,3 @@ def test_models_that_cannot_complete_are_a_clear_400(model, message):
         choose_model(_Runtime(), model)
     assert err.value.status == 400 and message in err.value.message
     assert err.value.param == "model"
-
-
-def test_engine_scoring_from_a_position_reuses_the_cache_before_it(ref):
-    engine = BatchEngine(ref, n_ctx=128, parallel=1, n_batch=64, n_threads=2, name="t")
-    try:
-        tokens = ids(ref, "alpha beta gamma delta epsilon zeta eta theta iota kappa")
-        _run_engine(engine, Sequence(tokens, SamplingParams(max_tokens=1, temperature=0),
-                                     None, None))
-        reused = engine.reused_tokens
-        start = len(tokens) - 4
-        rows: dict[int, np.ndarray] = {}
-        seq = Sequence(tokens, SamplingParams(max_tokens=0, temperature=0), None, None,
-                       prompt_logits=lambda pos, row: rows.__setitem__(pos, row.copy()),
-                       score_from=start)
-        _run_engine(engine, seq)
-        assert engine.reused_tokens == reused + start  # the cache served all before it
-        assert list(rows) == list(range(start, len(tokens) - 1))
-        # Reference: the same shapes (whole prompt once, then the tail again from its KV).
-        ref_logprobs(ref, tokens)
-        ref.n_tokens = start
-        ref.eval(tokens[start:])
-        x = np.asarray(ref.scores[start : len(tokens) - 1], dtype=np.float64)
-        expected = x - np.logaddexp.reduce(x, axis=1, keepdims=True)
-        got = np.stack([rows[p] for p in sorted(rows)]).astype(np.float64)
-        got -= np.logaddexp.reduce(got, axis=1, keepdims=True)
-        assert np.abs(got - expected).max() < TOL
-    finally:
-        engine.close()
